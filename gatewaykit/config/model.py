@@ -1,0 +1,225 @@
+"""
+The configuration as frozen model objects.
+
+Everything here is built by L{gatewaykit.config.load} from a validated YAML
+file; nothing in the running gateway mutates it. A reload builds a new
+L{Config} and swaps it in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from types import MappingProxyType
+from typing import Mapping, Optional, Union
+
+from attrs import field, frozen
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+@frozen
+class Limits:
+    """C{gateway.limits}: bounds on what one client request may be."""
+
+    max_header_bytes: int = 16 * KiB
+    max_body_bytes: int = 10 * MiB
+    max_uri_bytes: int = 8 * KiB
+    header_timeout: float = 10.0
+    idle_timeout: float = 60.0
+
+
+@frozen
+class AccessLogConfig:
+    """C{gateway.access_log}."""
+
+    path: str = "-"  # "-" (stdout), "off", or an absolute file path
+    format: str = "combined"  # combined | json
+
+
+@frozen
+class GatewayConfig:
+    """The C{gateway} section."""
+
+    node: str
+    workers: Union[int, str] = 1  # an int, or "auto"
+    drain_timeout: float = 30.0
+    trusted_proxies: tuple[Network, ...] = ()
+    limits: Limits = Limits()
+    access_log: AccessLogConfig = AccessLogConfig()
+
+
+@frozen
+class ListenerConfig:
+    """One entry of C{listeners}."""
+
+    name: str
+    protocol: str  # http (https, tcp, tls_passthrough land with their issues)
+    host: str  # "" means every interface
+    port: int
+
+
+@frozen
+class TargetConfig:
+    """One target of an upstream."""
+
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def address(self) -> str:
+        """C{host:port}, with brackets around an IPv6 host."""
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@frozen
+class UpstreamTimeouts:
+    """C{upstreams.NAME.timeouts}, in seconds."""
+
+    connect: float = 2.0
+    response: float = 60.0  # request fully sent -> response head received
+    idle: float = 90.0  # no bytes either way on an active exchange
+
+
+@frozen
+class PoolConfig:
+    """C{upstreams.NAME.pool}: keep-alive connections kept per target."""
+
+    max_idle_per_target: int = 64
+    idle_timeout: float = 60.0
+
+
+@frozen
+class UpstreamConfig:
+    """One entry of C{upstreams}."""
+
+    name: str
+    targets: tuple[TargetConfig, ...]
+    balancer: str = "round_robin"
+    scheme: str = "http"
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    pool: PoolConfig = PoolConfig()
+
+
+@frozen
+class Condition:
+    """
+    One C{headers}/C{query}/C{cookies} condition: an exact value, a regular
+    expression searched (a value starting with C{~}), or presence (C{"*"}).
+    """
+
+    name: str
+    value: str
+    pattern: Optional[re.Pattern[str]] = field(default=None, eq=False)
+
+    @classmethod
+    def parse(cls, name: str, value: str) -> "Condition":
+        """Build a condition from its config form; may raise C{re.error}."""
+        if value.startswith("~"):
+            return cls(name, value, re.compile(value[1:]))
+        return cls(name, value)
+
+    def matches(self, actual: Optional[str]) -> bool:
+        """Whether C{actual} (C{None} when absent) satisfies this condition."""
+        if actual is None:
+            return False
+        if self.pattern is not None:
+            return self.pattern.search(actual) is not None
+        return self.value == "*" or actual == self.value
+
+
+@frozen
+class Match:
+    """C{routes[].match}: every condition given must hold."""
+
+    hosts: tuple[str, ...] = ()  # lower case; "*.example.com" wildcards
+    path: Optional[str] = None
+    path_prefix: Optional[str] = None
+    path_regex: Optional[re.Pattern[str]] = field(default=None, eq=False)
+    methods: tuple[str, ...] = ()  # upper case
+    headers: tuple[Condition, ...] = ()
+    query: tuple[Condition, ...] = ()
+    cookies: tuple[Condition, ...] = ()
+
+    @property
+    def condition_count(self) -> int:
+        """How many non-path conditions there are (for specificity)."""
+        return (
+            (1 if self.methods else 0)
+            + len(self.headers)
+            + len(self.query)
+            + len(self.cookies)
+        )
+
+
+@frozen
+class StaticAction:
+    """C{static}: serve files under C{root} (an absolute path)."""
+
+    root: str
+    index: str = "index.html"
+
+
+@frozen
+class RedirectAction:
+    """C{redirect}: answer with C{status} and C{Location} built from C{to}."""
+
+    to: str
+    status: int = 302
+
+
+@frozen
+class RespondAction:
+    """C{respond}: a fixed answer from the gateway."""
+
+    status: int = 200
+    body: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+Action = Union[str, StaticAction, RedirectAction, RespondAction]
+
+
+@frozen
+class RouteConfig:
+    """
+    One entry of C{routes}. Exactly one of C{upstream}, C{static},
+    C{redirect}, C{respond} is set.
+    """
+
+    name: str
+    index: int  # position in the file, the last tie-breaker
+    listeners: tuple[str, ...]
+    match: Match = Match()
+    upstream: Optional[str] = None
+    static: Optional[StaticAction] = None
+    redirect: Optional[RedirectAction] = None
+    respond: Optional[RespondAction] = None
+    timeout: Optional[float] = None  # overrides the upstream's response timeout
+
+
+def frozen_mapping(items: Mapping) -> Mapping:
+    """A read-only view of a copy of C{items}."""
+    return MappingProxyType(dict(items))
+
+
+@frozen
+class Config:
+    """A whole validated configuration."""
+
+    source: str  # the file it was read from
+    digest: str  # sha256 of the file's bytes
+    gateway: GatewayConfig
+    listeners: Mapping[str, ListenerConfig] = field(
+        factory=dict, converter=frozen_mapping
+    )
+    upstreams: Mapping[str, UpstreamConfig] = field(
+        factory=dict, converter=frozen_mapping
+    )
+    routes: tuple[RouteConfig, ...] = ()

@@ -1,0 +1,191 @@
+"""
+The request and header objects used on the proxy path.
+
+These are deliberately small (C{__slots__}, bytes on the wire side) because
+one of each is made per request. HTTP/1.1 and HTTP/2 downstream codecs both
+produce L{Request} objects; routes, policies and actions only see these.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Optional, Union
+from urllib.parse import parse_qs
+
+Name = Union[str, bytes]
+
+
+def _as_bytes(value: Name) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+class Headers:
+    """
+    An ordered list of header fields that keeps repeated fields repeated and
+    the case of names as received. Lookups are case-insensitive.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Optional[Iterable[tuple[bytes, bytes]]] = None) -> None:
+        self.raw: list[tuple[bytes, bytes]] = list(raw) if raw is not None else []
+
+    def get(self, name: Name, default: Optional[bytes] = None) -> Optional[bytes]:
+        """The first value of C{name}, or C{default}."""
+        wanted = _as_bytes(name).lower()
+        for key, value in self.raw:
+            if key.lower() == wanted:
+                return value
+        return default
+
+    def get_all(self, name: Name) -> list[bytes]:
+        """Every value of C{name}, in order."""
+        wanted = _as_bytes(name).lower()
+        return [value for key, value in self.raw if key.lower() == wanted]
+
+    def get_str(self, name: Name) -> Optional[str]:
+        """The values of C{name} joined with C{", "} as text, or C{None}."""
+        values = self.get_all(name)
+        if not values:
+            return None
+        return b", ".join(values).decode("latin-1")
+
+    def __contains__(self, name: Name) -> bool:
+        return self.get(name) is not None
+
+    def add(self, name: Name, value: Name) -> None:
+        """Append a field, keeping any existing ones."""
+        self.raw.append((_as_bytes(name), _as_bytes(value)))
+
+    def set(self, name: Name, value: Name) -> None:
+        """Replace every field called C{name} by one with C{value}."""
+        self.remove(name)
+        self.add(name, value)
+
+    def remove(self, name: Name) -> None:
+        """Drop every field called C{name}."""
+        wanted = _as_bytes(name).lower()
+        self.raw = [(k, v) for k, v in self.raw if k.lower() != wanted]
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.raw!r})"
+
+
+class Request:
+    """
+    One client request as the router, policies and actions see it.
+
+    C{path} is the normalised, matched path (see L{gatewaykit.routing.paths});
+    C{query} is the raw query string without its C{?}. C{host} is the lower
+    case host name without port, from the absolute-form target or C{Host}.
+    """
+
+    __slots__ = (
+        "method",
+        "target",
+        "path",
+        "query",
+        "version",
+        "headers",
+        "host",
+        "port",
+        "scheme",
+        "client_host",
+        "client_port",
+        "listener",
+        "request_id",
+        "keep_alive",
+        "content_length",
+        "chunked",
+        "expect_continue",
+        "received_at",
+        "route",
+        "_query_params",
+        "_cookies",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        path: str,
+        query: str = "",
+        version: str = "1.1",
+        headers: Optional[Headers] = None,
+        host: str = "",
+        port: Optional[int] = None,
+        scheme: str = "http",
+        client_host: str = "",
+        client_port: int = 0,
+        listener: str = "",
+        request_id: str = "",
+        keep_alive: bool = True,
+        content_length: Optional[int] = None,
+        chunked: bool = False,
+        expect_continue: bool = False,
+        received_at: float = 0.0,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.query = query
+        self.version = version
+        self.headers = headers if headers is not None else Headers()
+        self.host = host
+        self.port = port
+        self.scheme = scheme
+        self.client_host = client_host
+        self.client_port = client_port
+        self.listener = listener
+        self.request_id = request_id
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.chunked = chunked
+        self.expect_continue = expect_continue
+        self.received_at = received_at
+        self.route = None
+        self._query_params: Optional[dict[str, list[str]]] = None
+        self._cookies: Optional[dict[str, str]] = None
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows the head."""
+        return self.chunked or bool(self.content_length)
+
+    @property
+    def uri(self) -> str:
+        """The path and query as sent upstream: C{/a/b?x=1}."""
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+    @property
+    def query_params(self) -> dict[str, list[str]]:
+        """The query string parsed; blank values kept."""
+        if self._query_params is None:
+            self._query_params = parse_qs(self.query, keep_blank_values=True)
+        return self._query_params
+
+    def query_param(self, name: str) -> Optional[str]:
+        """The first value of query parameter C{name}, or C{None}."""
+        values = self.query_params.get(name)
+        return values[0] if values else None
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """Cookies from every C{Cookie} field; the first of a repeated name wins."""
+        if self._cookies is None:
+            cookies: dict[str, str] = {}
+            for value in self.headers.get_all(b"cookie"):
+                for pair in value.decode("latin-1").split(";"):
+                    name, sep, val = pair.strip().partition("=")
+                    if sep and name and name not in cookies:
+                        cookies[name] = val.strip('"')
+            self._cookies = cookies
+        return self._cookies
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.host}{self.uri} id={self.request_id}>"
