@@ -80,6 +80,7 @@ class Request:
     """
     One client request as the router, policies and actions see it.
 
+    C{server_port} is the gateway port the client connected to.
     C{path} is the normalised, matched path (see L{gatewaykit.routing.paths});
     C{query} is the raw query string without its C{?}. C{host} is the lower
     case host name without port, from the absolute-form target or C{Host}.
@@ -94,6 +95,7 @@ class Request:
         "headers",
         "host",
         "port",
+        "server_port",
         "scheme",
         "client_host",
         "client_port",
@@ -119,6 +121,7 @@ class Request:
         headers: Optional[Headers] = None,
         host: str = "",
         port: Optional[int] = None,
+        server_port: int = 0,
         scheme: str = "http",
         client_host: str = "",
         client_port: int = 0,
@@ -138,6 +141,7 @@ class Request:
         self.headers = headers if headers is not None else Headers()
         self.host = host
         self.port = port
+        self.server_port = server_port
         self.scheme = scheme
         self.client_host = client_host
         self.client_port = client_port

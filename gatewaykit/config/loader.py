@@ -1,0 +1,589 @@
+"""
+Loading gatewaykit's YAML configuration into the frozen model.
+
+The keys each section allows are declared as tables of parsers (see
+L{gatewaykit.config.schema}); what cannot be said per key (references
+between sections, "exactly one action", overlapping binds) is checked by
+the few functions below them. Every problem is collected before anything
+is raised, so one run reports every mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+from typing import Any, Iterator, Mapping, Optional, Union
+
+from gatewaykit.config.addresses import (
+    parse_bind,
+    parse_network,
+    parse_route_host,
+    parse_target,
+)
+from gatewaykit.config.errors import ConfigError, ConfigProblem
+from gatewaykit.config.model import (
+    AccessLogConfig,
+    Condition,
+    Config,
+    GatewayConfig,
+    Limits,
+    ListenerConfig,
+    Match,
+    PoolConfig,
+    RedirectAction,
+    RespondAction,
+    RouteConfig,
+    StaticAction,
+    TargetConfig,
+    UpstreamConfig,
+    UpstreamTimeouts,
+)
+from gatewaykit.config.schema import (
+    MISSING,
+    Context,
+    Invalid,
+    Key,
+    Parser,
+    Section,
+    converted,
+    describe,
+    did_you_mean,
+    duration,
+    expect_list,
+    expect_map,
+    identity,
+    integer,
+    is_null,
+    list_of,
+    one_of,
+    position,
+    reference,
+    size,
+    text,
+)
+from gatewaykit.config.yamlpos import MapNode, Node, ScalarNode, compose
+from gatewaykit.plugins import DuplicatePluginName, balancer_factories
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+_VISIBLE = re.compile(r"[!-~]+")
+_HTTP_PROTOCOLS = ("http", "https")
+_ACTIONS = ("upstream", "static", "redirect", "respond")
+_PATH_KINDS = ("path", "path_prefix", "path_regex")
+
+
+# -- value checks: text in, value out, ValueError for a mistake -------------
+
+
+def _name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(
+            f"a name may hold only letters, digits, '.', '_' and '-'"
+            f" (and starts with a letter or digit), got {value!r}"
+        )
+    return value
+
+
+def _node_name(value: str) -> str:
+    if not _VISIBLE.fullmatch(value):
+        raise ValueError(f"a node name cannot contain spaces, got {value!r}")
+    return value
+
+
+def _token(kind: str):
+    def check(value: str) -> str:
+        if not _TOKEN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid {kind}")
+        return value
+
+    return check
+
+
+def _method(value: str) -> str:
+    return _token("method")(value).upper()
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError("a header value cannot contain CR, LF or NUL")
+    return value
+
+
+def _path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"a path must start with '/', got {value!r}")
+    if any(c.isspace() or c in "?#" for c in value):
+        raise ValueError(f"a path cannot contain spaces, '?' or '#', got {value!r}")
+    return value
+
+
+def _path_prefix(value: str) -> str:
+    # "/users/" and "/users" mean the same segment-boundary prefix.
+    return _path(value).rstrip("/") or "/"
+
+
+def _regex(value: str) -> re.Pattern[str]:
+    try:
+        return re.compile(value)
+    except re.error as e:
+        raise ValueError(f"invalid regular expression: {e}") from None
+
+
+def _condition_value(value: str) -> str:
+    if value.startswith("~"):
+        _regex(value[1:])
+    return value
+
+
+def _file_name(value: str) -> str:
+    if "/" in value or value in (".", ".."):
+        raise ValueError(f"expected a file name without '/', got {value!r}")
+    return value
+
+
+# -- parsers needing the context ---------------------------------------------
+
+
+def _in_config_dir(ctx: Context, path: str) -> str:
+    return os.path.normpath(os.path.join(ctx.base_dir, path))
+
+
+def _access_log_path(ctx: Context, node: Node) -> str:
+    path = text()(ctx, node)
+    return path if path in ("-", "off") else _in_config_dir(ctx, path)
+
+
+def _directory(ctx: Context, node: Node) -> str:
+    written = text(expected="a directory")(ctx, node)
+    path = _in_config_dir(ctx, written)
+    if not os.path.isdir(path):
+        raise Invalid(node, f"{written!r} is not an existing directory ({path})")
+    return path
+
+
+def _workers(ctx: Context, node: Node) -> Union[int, str]:
+    if isinstance(node, ScalarNode) and node.value == "auto":
+        return "auto"
+    value = node.value if isinstance(node, ScalarNode) else None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise Invalid(node, f"expected an integer >= 1 or 'auto', got {describe(node)}")
+
+
+def _pairs(value: Parser, key_check=None) -> Parser:
+    """A mapping of name -> value as a tuple of pairs, in file order."""
+
+    def parse(ctx: Context, node: Node) -> tuple[tuple[str, Any], ...]:
+        pairs = []
+        for name, (key_node, value_node) in expect_map(node).entries.items():
+            if key_check is not None:
+                try:
+                    key_check(name)
+                except ValueError as e:
+                    ctx.report(key_node, str(e))
+                    continue
+            parsed = ctx.attempt(value, value_node)
+            if parsed is not MISSING:
+                pairs.append((name, parsed))
+        return tuple(pairs)
+
+    return parse
+
+
+def _conditions(key_check=None) -> Parser:
+    pairs = _pairs(converted(_condition_value), key_check)
+    return lambda ctx, node: tuple(
+        Condition.parse(name, value) for name, value in pairs(ctx, node)
+    )
+
+
+def _target(ctx: Context, node: Node) -> TargetConfig:
+    if isinstance(node, MapNode):
+        values = TARGET(ctx, node)
+        host, port = values.pop("address")
+        return TargetConfig(host, port, **values)
+    expected = "host:port or {address: host:port, weight: N}"
+    return TargetConfig(*converted(parse_target, expected)(ctx, node))
+
+
+# -- the tables ----------------------------------------------------------------
+
+LIMITS = Section(
+    {
+        "max_header_bytes": size(minimum=1),
+        "max_body_bytes": size(),
+        "max_uri_bytes": size(minimum=1),
+        "header_timeout": duration(),
+        "idle_timeout": duration(),
+    }
+).into(Limits)
+
+ACCESS_LOG = Section(
+    {"path": _access_log_path, "format": one_of("combined", "json", what="format")}
+).into(AccessLogConfig)
+
+GATEWAY = Section(
+    {
+        "node": converted(_node_name, "a node name"),
+        "workers": _workers,
+        "drain_timeout": duration(positive=False),
+        "trusted_proxies": list_of(converted(parse_network, "a CIDR")),
+        "limits": LIMITS,
+        "access_log": ACCESS_LOG,
+    },
+    upcoming={"redis": "the Redis state store", "admin": "the admin API"},
+)
+
+LISTENER = Section(
+    {
+        "protocol": Key(
+            one_of("http", later=("https", "tcp", "tls_passthrough"), what="protocol"),
+            required=True,
+        ),
+        "bind": Key(converted(parse_bind, "host:port"), required=True),
+    },
+    upcoming={
+        "tls": "https listeners",
+        "upstream": "tcp listeners",
+        "sni": "tls_passthrough listeners",
+    },
+)
+
+TARGET = Section(
+    {
+        "address": Key(converted(parse_target, "host:port"), required=True),
+        "weight": integer(minimum=1),
+    }
+)
+
+UPSTREAM = Section(
+    {
+        "targets": Key(
+            list_of(
+                _target,
+                non_empty=True,
+                unique=lambda target: target.address,
+                what="target",
+            ),
+            required=True,
+        ),
+        "balancer": text(expected="a balancer name"),
+        "scheme": one_of("http", later=("https",), what="scheme"),
+        "timeouts": Section(
+            {"connect": duration(), "response": duration(), "idle": duration()}
+        ).into(UpstreamTimeouts),
+        "pool": Section(
+            {"max_idle_per_target": integer(minimum=0), "idle_timeout": duration()}
+        ).into(PoolConfig),
+    },
+    upcoming={
+        "hash_key": "the hash balancer",
+        "sticky": "sticky sessions",
+        "tls": "https upstreams",
+        "health": "health checks",
+        "outlier": "outlier ejection",
+        "retries": "retries",
+        "circuit_breaker": "circuit breakers",
+    },
+)
+
+MATCH = Section(
+    {
+        "hosts": list_of(
+            converted(parse_route_host, "a host name"), unique=str, what="host"
+        ),
+        "path": converted(_path, "a path"),
+        "path_prefix": converted(_path_prefix, "a path"),
+        "path_regex": converted(_regex, "a regular expression"),
+        "methods": list_of(converted(_method, "a method"), unique=str, what="method"),
+        "headers": _conditions(_token("header name")),
+        "query": _conditions(),
+        "cookies": _conditions(),
+    }
+)
+
+ROUTE = Section(
+    {
+        "name": Key(converted(_name, "a name"), required=True),
+        "listeners": list_of(
+            reference("listener"), non_empty=True, unique=str, what="listener"
+        ),
+        "match": lambda ctx, node: _match(ctx, node),
+        "upstream": reference("upstream"),
+        "static": Section(
+            {"root": Key(_directory, required=True), "index": converted(_file_name)}
+        ).into(StaticAction),
+        "redirect": Section(
+            {
+                "to": Key(text(expected="a URL"), required=True),
+                "status": integer(choices=(301, 302, 303, 307, 308)),
+            }
+        ).into(RedirectAction),
+        "respond": Section(
+            {
+                "status": integer(200, 599),
+                "body": text(non_empty=False),
+                "headers": _pairs(converted(_header_value), _token("header name")),
+            }
+        ).into(RespondAction),
+        "timeout": duration(),
+    },
+    upcoming={
+        "policies": "policies",
+        "split": "traffic splitting",
+        "split_by": "traffic splitting",
+        "mirror": "traffic mirroring",
+        "websocket": "WebSocket proxying",
+    },
+)
+
+TOP = Section(
+    {
+        "gateway": identity,
+        "listeners": identity,
+        "upstreams": identity,
+        "routes": identity,
+    },
+    upcoming={"policies": "policies"},
+)
+
+
+# -- what the tables cannot say ------------------------------------------------
+
+
+def _match(ctx: Context, node: Node) -> Match:
+    values = MATCH(ctx, node)
+    entries = expect_map(node).entries
+    given = [k for k in entries if k in _PATH_KINDS and not is_null(entries[k][1])]
+    for kind in given[1:]:
+        ctx.report(
+            entries[kind][0],
+            f"only one of path, path_prefix and path_regex may be given;"
+            f" this match already has {given[0]!r}",
+        )
+    return Match(**values)
+
+
+def _named_entries(
+    ctx: Context, node: Node, kind: str, body: Section
+) -> Iterator[tuple[str, MapNode, dict[str, Any]]]:
+    """Each C{name: {...}} entry of a mapping whose body parsed."""
+    for name, (key_node, value_node) in expect_map(node).entries.items():
+        try:
+            _name(name)
+        except ValueError as e:
+            ctx.report(key_node, f"{kind} {e}")
+        values = ctx.attempt(body, value_node)
+        if values is not MISSING:
+            yield name, expect_map(value_node), values
+
+
+def _overlaps(a: ListenerConfig, b: ListenerConfig) -> bool:
+    every_interface = ("", "0.0.0.0", "::")
+    return a.port == b.port != 0 and (
+        a.host == b.host or a.host in every_interface or b.host in every_interface
+    )
+
+
+def _listeners(ctx: Context, node: Node) -> dict[str, ListenerConfig]:
+    listeners: dict[str, ListenerConfig] = {}
+    for name, body, values in _named_entries(ctx, node, "listener", LISTENER):
+        host, port = values.pop("bind")
+        listener = ListenerConfig(name=name, host=host, port=port, **values)
+        for other in listeners.values():
+            if _overlaps(listener, other):
+                ctx.report(
+                    body.node_of("bind"),
+                    f"listener {name!r} binds the same port as listener"
+                    f" {other.name!r} ({other.host or '*'}:{other.port})",
+                )
+                break
+        listeners[name] = listener
+    return listeners
+
+
+class _Balancers:
+    """The balancer plugins, looked up once per load and only when needed."""
+
+    def __init__(self) -> None:
+        self.found: Optional[Mapping[str, Any]] = None
+        self.error: Optional[str] = None
+
+    def check(self, ctx: Context, name: str, node: Node) -> None:
+        """Report C{name} at C{node} unless exactly one plugin has it."""
+        if self.found is None:
+            try:
+                self.found = balancer_factories()
+            except DuplicatePluginName as e:
+                self.found = {}
+                # Said once: it is about the plugins, not about each upstream.
+                self.error = f"cannot choose a balancer: {e}"
+                ctx.report(node, self.error)
+        if self.error is None and name not in self.found:
+            names = ", ".join(sorted(self.found)) or "none"
+            ctx.report(
+                node,
+                f"unknown balancer {name!r}{did_you_mean(name, self.found)}"
+                f" (balancers found: {names})",
+            )
+
+
+def _upstreams(ctx: Context, node: Node) -> dict[str, UpstreamConfig]:
+    upstreams: dict[str, UpstreamConfig] = {}
+    balancers = _Balancers()
+    for name, body, values in _named_entries(ctx, node, "upstream", UPSTREAM):
+        upstream = UpstreamConfig(name=name, **values)
+        balancers.check(ctx, upstream.balancer, body.node_of("balancer"))
+        upstreams[name] = upstream
+    return upstreams
+
+
+def _routes(
+    ctx: Context, node: Node, listeners: Mapping[str, ListenerConfig]
+) -> tuple[RouteConfig, ...]:
+    routes: list[RouteConfig] = []
+    first_seen: dict[str, Node] = {}
+    for index, item in enumerate(expect_list(node).items):
+        values = ctx.attempt(ROUTE, item)
+        if values is MISSING:
+            continue
+        entries = expect_map(item).entries
+        name_node = entries["name"][1]
+        if values["name"] in first_seen:
+            ctx.report(
+                name_node,
+                f"duplicate route name {values['name']!r}"
+                f" (first at {position(first_seen[values['name']])})",
+            )
+        first_seen.setdefault(values["name"], name_node)
+        actions = [k for k in _ACTIONS if k in entries and not is_null(entries[k][1])]
+        if not actions:
+            ctx.report(
+                item, "a route needs one action: upstream, static, redirect or respond"
+            )
+        for action in actions[1:]:
+            ctx.report(
+                entries[action][0],
+                f"a route has only one action; this one already has {actions[0]!r}",
+            )
+        if "listeners" not in values:
+            if not ctx.names["listener"]:
+                ctx.report(
+                    item,
+                    "no listener to serve this route: define one under 'listeners'",
+                )
+            values["listeners"] = tuple(
+                name
+                for name, listener in listeners.items()
+                if listener.protocol in _HTTP_PROTOCOLS
+            )
+        routes.append(RouteConfig(index=index, **values))
+    return tuple(routes)
+
+
+def _config(ctx: Context, root: Optional[Node], digest: str) -> Optional[Config]:
+    """The model of a composed file, or C{None} if it has problems."""
+    if root is None:
+        ctx.report_at(
+            1,
+            1,
+            "the configuration is empty; expected a mapping with"
+            " gateway, listeners, upstreams and routes",
+        )
+        return None
+    if not isinstance(root, MapNode):
+        ctx.report_at(
+            1, 1, f"expected a mapping at the top level, got {describe(root)}"
+        )
+        return None
+    sections = ctx.attempt(TOP, root, {})
+
+    def section(key: str, parse: Parser, default: Any) -> Any:
+        return (
+            ctx.attempt(parse, sections[key], default) if key in sections else default
+        )
+
+    def names(key: str) -> tuple[str, ...]:
+        node = sections.get(key)
+        return tuple(node.entries) if isinstance(node, MapNode) else ()
+
+    # Every name counts for references, even one whose body is wrong, so a
+    # mistake in an upstream does not also show up in each route using it.
+    ctx.names["listener"] = names("listeners")
+    ctx.names["upstream"] = names("upstreams")
+    gateway = section("gateway", GATEWAY, {})
+    listeners = section("listeners", _listeners, {})
+    upstreams = section("upstreams", _upstreams, {})
+    routes = section("routes", lambda c, n: _routes(c, n, listeners), ())
+    if ctx.problems:
+        return None
+    return Config(
+        source=ctx.source,
+        digest=digest,
+        gateway=GatewayConfig(**{"node": socket.gethostname(), **gateway}),
+        listeners=listeners,
+        upstreams=upstreams,
+        routes=routes,
+    )
+
+
+def _load(
+    text: str,
+    source: str,
+    base_dir: str,
+    environ: Optional[Mapping[str, str]],
+    digest: str,
+) -> Config:
+    ctx = Context(source=source, base_dir=os.path.abspath(base_dir))
+    environ = os.environ if environ is None else environ
+    root = compose(text, environ, ctx.report_at)
+    # Only a syntax error stops here; other problems in the tree (such as
+    # an unset variable) leave it whole enough to check the rest.
+    syntax_error = root is None and ctx.problems
+    config = None if syntax_error else _config(ctx, root, digest)
+    if config is None:
+        raise ConfigError(ctx.problems)
+    return config
+
+
+def parse_config(
+    text: str,
+    source: str = "inline.yaml",
+    base_dir: str = ".",
+    environ: Optional[Mapping[str, str]] = None,
+) -> Config:
+    """
+    The configuration in C{text}, with relative paths taken from
+    C{base_dir} and C{${VAR}} from C{environ} (default: C{os.environ}).
+    Raises L{ConfigError} listing every problem.
+    """
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _load(text, source, base_dir, environ, digest)
+
+
+def load_config(
+    path: Union[str, "os.PathLike[str]"],
+    environ: Optional[Mapping[str, str]] = None,
+) -> Config:
+    """
+    The configuration in the file at C{path}; relative paths in it are taken
+    from the file's folder. Raises L{ConfigError} listing every problem.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        problem = ConfigProblem(source, 1, 1, f"cannot read the file: {e.strerror}")
+        raise ConfigError([problem]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        problem = ConfigProblem(source, line, col, "the file is not valid UTF-8")
+        raise ConfigError([problem]) from None
+    base_dir = os.path.dirname(os.path.abspath(source))
+    return _load(text, source, base_dir, environ, hashlib.sha256(data).hexdigest())

@@ -1,0 +1,127 @@
+"""
+One configuration made live: upstreams, routers per listener and the route
+actions, and the dispatch of each request to its route.
+
+Listeners hold a reference to the current L{Gateway}; a reload builds a new
+one and swaps it in, while requests already dispatched keep the one they
+started on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.logger import Logger
+
+from gatewaykit.accesslog import AccessLog
+from gatewaykit.actions.local import Redirect, Respond
+from gatewaykit.config.model import Config, RouteConfig
+from gatewaykit.http.errors import GatewayError
+from gatewaykit.http.forwarding import UpstreamHeadBuilder
+from gatewaykit.interfaces import IRouteAction
+from gatewaykit.plugins import balancer_factories
+from gatewaykit.routing import MethodNotAllowed, NoRoute, Router
+from gatewaykit.upstream.cluster import Upstream
+from gatewaykit.upstream.proxy import ProxyAction
+
+log = Logger()
+
+
+class Route:
+    """A route made live: its config and its action."""
+
+    __slots__ = ("config", "name", "action")
+
+    def __init__(self, config: RouteConfig, action: IRouteAction) -> None:
+        self.config = config
+        self.name = config.name
+        self.action = action
+
+
+class Gateway:
+    """The live form of one L{Config}."""
+
+    def __init__(
+        self, config: Config, reactor: Any, access_log: Optional[AccessLog] = None
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.limits = config.gateway.limits
+        self.node = config.gateway.node
+        self.via = b"1.1 " + self.node.encode("ascii", "replace")
+        self.access_log = access_log
+        factories = balancer_factories()
+        self.upstreams = {
+            name: Upstream(upstream, reactor, factories[upstream.balancer])
+            for name, upstream in config.upstreams.items()
+        }
+        self._head_builder = UpstreamHeadBuilder(self.node, config.gateway.trusted_proxies)
+        entries: dict[str, list[tuple[RouteConfig, Route]]] = {
+            name: [] for name in config.listeners
+        }
+        for route_config in config.routes:
+            route = Route(route_config, self._action(route_config))
+            for listener in route_config.listeners:
+                entries[listener].append((route_config, route))
+        self.routers = {name: Router(routes) for name, routes in entries.items()}
+
+    def _action(self, route: RouteConfig) -> IRouteAction:
+        if route.upstream is not None:
+            return ProxyAction(
+                self.upstreams[route.upstream],
+                self._head_builder,
+                self.reactor,
+                self.via,
+                route.timeout,
+            )
+        if route.respond is not None:
+            return Respond(route.respond)
+        if route.redirect is not None:
+            return Redirect(route.redirect)
+        if route.static is not None:
+            from gatewaykit.actions.static import StaticFiles
+
+            return StaticFiles(route.static, self.reactor)
+        raise ValueError(f"route {route.name} has no action")
+
+    def dispatch(self, stream: Any) -> None:
+        """Route one request and hand it to its route's action."""
+        stream.gateway = self
+        request = stream.request
+        try:
+            route = self.routers[request.listener].match(request)
+        except NoRoute:
+            stream.send_error(
+                GatewayError(404, "no_route", f"no route for {request.method} {request.path}")
+            )
+            return
+        except MethodNotAllowed as exc:
+            allow = ", ".join(exc.allow).encode("ascii")
+            stream.send_error(
+                GatewayError(
+                    405,
+                    "method_not_allowed",
+                    f"{request.method} is not allowed here",
+                    headers=((b"Allow", allow),),
+                )
+            )
+            return
+        request.route = route.name
+        try:
+            route.action.handle(request, stream)
+        except Exception:
+            log.failure("route {route} failed on {request!r}", route=route.name, request=request)
+            if not stream.finished:
+                stream.send_error(
+                    GatewayError(500, "internal_error", "the gateway failed on this request")
+                )
+
+    def stream_finished(self, stream: Any) -> None:
+        """Account for one answered request."""
+        if self.access_log is not None:
+            self.access_log.log(stream)
+
+    def close(self) -> None:
+        """Release what this version holds (idle upstream connections)."""
+        for upstream in self.upstreams.values():
+            upstream.close()

@@ -1,0 +1,175 @@
+"""
+The header fields a proxy adds and removes on each hop (SPEC section 5).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Iterable, Optional, Sequence
+
+from gatewaykit.config.model import Network
+from gatewaykit.http.message import Request
+from gatewaykit.http.wire import HOP_BY_HOP, connection_tokens
+
+_TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+_ZERO_TRACE = b"0" * 32
+_ZERO_PARENT = b"0" * 16
+
+# Fields the gateway sets itself on the way upstream, so a client's copy is
+# dropped first (the X-Forwarded-* ones are kept from trusted proxies).
+_REPLACED_UPSTREAM = frozenset(
+    {
+        b"content-length",
+        b"expect",
+        b"x-request-id",
+        b"traceparent",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+    }
+)
+_FORWARDED_TRUSTED = frozenset(
+    {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
+)
+_REPLACED_DOWNSTREAM = frozenset({b"content-length", b"x-request-id", b"via"})
+
+
+def new_request_id() -> str:
+    """A random request id: 32 hex digits."""
+    return os.urandom(16).hex()
+
+
+def is_sane_request_id(value: bytes) -> bool:
+    """Whether a client's X-Request-ID may be kept: 1-200 visible ASCII characters."""
+    return 0 < len(value) <= 200 and all(0x21 <= c <= 0x7E for c in value)
+
+
+def is_valid_traceparent(value: bytes) -> bool:
+    """Whether C{value} is a W3C traceparent we can pass on."""
+    match = _TRACEPARENT.match(value)
+    return (
+        match is not None
+        and not value.startswith(b"ff")
+        and match.group(1) != _ZERO_TRACE
+        and match.group(2) != _ZERO_PARENT
+    )
+
+
+def new_traceparent() -> bytes:
+    """A traceparent starting a new, sampled trace."""
+    return b"00-%s-%s-01" % (os.urandom(16).hex().encode(), os.urandom(8).hex().encode())
+
+
+def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
+    """Whether C{address} lies in one of the C{trusted} networks."""
+    if not trusted:
+        return False
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in trusted)
+
+
+def dropped_fields(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Hop-by-hop fields plus every field named in C{Connection}."""
+    named = connection_tokens(v for k, v in headers if k.lower() == b"connection")
+    return HOP_BY_HOP | named if named else HOP_BY_HOP
+
+
+class UpstreamHeadBuilder:
+    """
+    Serialises the request head sent upstream: the client's
+    fields minus hop-by-hop ones, plus X-Forwarded-*, X-Request-ID,
+    traceparent and Via.
+    """
+
+    def __init__(self, node: str, trusted: Sequence[Network]) -> None:
+        self._via = b"1.1 " + node.encode("ascii", "replace")
+        self._trusted = tuple(trusted)
+
+    def build(self, request: Request, uri: bytes, host: Optional[bytes]) -> bytes:
+        """
+        The head for C{request}, with request-target C{uri} and C{Host} C{host}
+        (C{None}: keep the client's). Framing fields are added for the body.
+        """
+        raw = request.headers.raw
+        drop = dropped_fields(raw)
+        keep_forwarded = is_trusted(request.client_host, self._trusted)
+        lines = [request.method.encode("ascii") + b" " + uri + b" HTTP/1.1\r\n"]
+        append = lines.append
+        forwarded_for: list[bytes] = []
+        via: list[bytes] = []
+        traceparent = None
+        kept_forwarded: set[bytes] = set()
+        for name, value in raw:
+            lower = name.lower()
+            if lower in drop:
+                continue
+            if lower in _REPLACED_UPSTREAM:
+                if lower == b"x-forwarded-for":
+                    forwarded_for.append(value)
+                elif lower == b"via":
+                    via.append(value)
+                elif lower == b"traceparent":
+                    traceparent = value
+                elif keep_forwarded and lower in _FORWARDED_TRUSTED:
+                    kept_forwarded.add(lower)
+                    append(name + b": " + value + b"\r\n")
+                continue
+            if lower == b"host":
+                if host is not None:
+                    value = host
+                append(b"Host: " + value + b"\r\n")
+                continue
+            append(name + b": " + value + b"\r\n")
+        client = request.client_host.encode("ascii")
+        forwarded_for.append(client)
+        append(b"X-Forwarded-For: " + b", ".join(forwarded_for) + b"\r\n")
+        if b"x-forwarded-proto" not in kept_forwarded:
+            append(b"X-Forwarded-Proto: " + request.scheme.encode("ascii") + b"\r\n")
+        if b"x-forwarded-host" not in kept_forwarded:
+            original = request.headers.get(b"host")
+            if original is not None:
+                append(b"X-Forwarded-Host: " + original + b"\r\n")
+        if b"x-forwarded-port" not in kept_forwarded:
+            append(b"X-Forwarded-Port: %d\r\n" % request.server_port)
+        append(b"X-Request-ID: " + request.request_id.encode("ascii") + b"\r\n")
+        if traceparent is None or not is_valid_traceparent(traceparent):
+            traceparent = new_traceparent()
+        append(b"traceparent: " + traceparent + b"\r\n")
+        via.append(self._via)
+        append(b"Via: " + b", ".join(via) + b"\r\n")
+        if request.chunked:
+            append(b"Transfer-Encoding: chunked\r\n")
+        elif request.content_length is not None:
+            append(b"Content-Length: %d\r\n" % request.content_length)
+        append(b"\r\n")
+        return b"".join(lines)
+
+
+def downstream_fields(
+    upstream_fields: list[tuple[bytes, bytes]], request_id: str, via: bytes
+) -> list[tuple[bytes, bytes]]:
+    """
+    The response fields for the client: the upstream's minus hop-by-hop and
+    framing ones, plus X-Request-ID and Via.
+    """
+    drop = dropped_fields(upstream_fields)
+    fields = []
+    vias = []
+    for name, value in upstream_fields:
+        lower = name.lower()
+        if lower in drop or lower in _REPLACED_DOWNSTREAM:
+            if lower == b"via":
+                vias.append(value)
+            continue
+        fields.append((name, value))
+    vias.append(via)
+    fields.append((b"Via", b", ".join(vias)))
+    fields.append((b"X-Request-ID", request_id.encode("ascii")))
+    return fields

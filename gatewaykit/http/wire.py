@@ -1,0 +1,81 @@
+"""
+HTTP/1.1 serialisation shared by the downstream and upstream codecs.
+"""
+
+from __future__ import annotations
+
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Callable, Iterable
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+
+# Header fields that describe one connection, never forwarded (RFC 9110 7.6.1).
+# Content-Length and Expect are also dropped: the gateway frames each hop's
+# body itself and answers 100-continue itself.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
+def reason_for(status: int) -> bytes:
+    """The standard reason phrase for C{status}, or C{b"Unknown"}."""
+    return REASONS.get(status, b"Unknown")
+
+
+def connection_tokens(values: Iterable[bytes]) -> set[bytes]:
+    """The lower-case option names listed in C{Connection} field values."""
+    tokens: set[bytes] = set()
+    for value in values:
+        for token in value.split(b","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
+    return tokens
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """C{HTTP/1.1 200 OK\\r\\n}."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+
+
+def serialize_fields(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Header fields as C{Name: value\\r\\n} lines (no final blank line)."""
+    return b"".join([name + b": " + value + b"\r\n" for name, value in fields])
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """The pieces of one chunk of a chunked body."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+class HTTPDate:
+    """
+    The C{Date} header value, formatted at most once a second.
+
+    @param now: a callable returning the current POSIX time (the reactor's
+        C{seconds}, so tests drive it with a clock).
+    """
+
+    def __init__(self, now: Callable[[], float]) -> None:
+        self._now = now
+        self._second = -1
+        self._value = b""
+
+    def __call__(self) -> bytes:
+        second = int(self._now())
+        if second != self._second:
+            self._second = second
+            self._value = formatdate(second, usegmt=True).encode("ascii")
+        return self._value

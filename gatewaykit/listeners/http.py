@@ -1,0 +1,739 @@
+"""
+The downstream HTTP/1.1 codec: a Twisted protocol parsing requests with
+httptools and writing responses, one L{HTTP11Stream} per request.
+
+Requests are answered in order. A pipelined request waits (its body buffered,
+reading paused) until the one before it is answered. Nothing here knows about
+routes or upstreams: each complete request head is handed to the listener's
+current L{gatewaykit.gateway.Gateway}.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import httptools
+from twisted.internet.interfaces import IConsumer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatewaykit.config.model import ListenerConfig
+from gatewaykit.http.errors import GatewayError, bad_request, problem_body
+from gatewaykit.http.forwarding import is_sane_request_id, new_request_id
+from gatewaykit.http.message import Headers, Request
+from gatewaykit.http.wire import LAST_CHUNK, chunk, reason_for, serialize_fields
+from gatewaykit.routing.paths import BadPath, normalise_path
+from gatewaykit.timer import Timer
+
+if TYPE_CHECKING:
+    from gatewaykit.gateway import Gateway
+
+log = Logger()
+
+# After the last response of a connection whose request body was not read,
+# keep reading (and discarding) this long so the client sees the response
+# instead of a reset (nginx's lingering close).
+LINGER_SECONDS = 5.0
+# A request body left unread after its response is read and thrown away when
+# it is at most this long, so the connection can be kept; else the
+# connection closes.
+DISCARD_BODY_BYTES = 64 * 1024
+# Body bytes buffered for a request whose handler is not ready for them yet.
+BODY_BUFFER_BYTES = 64 * 1024
+
+_HOST = re.compile(rb"^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]{0,5})?$")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Refused(Exception):
+    """Raised inside a parser callback to stop parsing with an error answer."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@implementer(IConsumer)
+class HTTP11Stream:
+    """
+    One request on an HTTP/1.1 connection and the response written to it.
+
+    Handlers (route actions) use: L{attach_body_sink}, L{pause_body},
+    L{resume_body}, L{send_continue} for the request body; L{write_head},
+    L{write}, L{finish}, L{abort}, L{send_error}, L{respond} and the
+    C{IConsumer} methods for the response; and set C{handler} to an object
+    with C{stream_lost()} to learn that the client went away.
+    """
+
+    def __init__(
+        self,
+        protocol: HTTP11ServerProtocol,
+        request: Request,
+        error: Optional[GatewayError] = None,
+    ) -> None:
+        self._protocol = protocol
+        self._transport = protocol.transport
+        self.request = request
+        self.error = error
+        self.status = 0
+        self.bytes_sent = 0
+        self.head_sent = False
+        self.finished = False
+        self.lost = False
+        self.body_done = not request.has_body
+        self.body_bytes = 0
+        self.close_after = error is not None and error.close
+        self.handler: Any = None
+        self.upstream_address = ""
+        self.gateway: Optional[Gateway] = None
+        self._sink: Any = None
+        self._buffer: Optional[list[bytes]] = None
+        self._buffered = 0
+        self._body_error: Optional[GatewayError] = None
+        self._chunked = False
+        self._no_body = False
+        self._producing = False
+
+    # -- request body ---------------------------------------------------
+
+    def attach_body_sink(self, sink: Any) -> None:
+        """
+        Deliver the request body to C{sink}: C{body_received(data)} per
+        piece, then C{body_complete()}, or C{body_failed(GatewayError)}.
+        Pieces that arrived earlier are delivered at once.
+        """
+        self._sink = sink
+        buffered, self._buffer = self._buffer, None
+        if buffered:
+            self._buffered = 0
+            self._protocol._resume("buffer")
+            for data in buffered:
+                sink.body_received(data)
+        if self._body_error is not None:
+            sink.body_failed(self._body_error)
+        elif self.body_done:
+            sink.body_complete()
+
+    def pause_body(self) -> None:
+        """Stop reading the request body from the client for now."""
+        self._protocol._pause("sink")
+
+    def resume_body(self) -> None:
+        """Read the request body again."""
+        self._protocol._resume("sink")
+
+    def send_continue(self) -> None:
+        """Send C{100 Continue} if the client waits for it before its body."""
+        request = self.request
+        if request.expect_continue and not self.head_sent and not self.body_done:
+            request.expect_continue = False
+            self._transport.write(_CONTINUE)
+
+    def _body_received(self, data: bytes) -> None:
+        self.body_bytes += len(data)
+        sink = self._sink
+        if sink is not None:
+            sink.body_received(data)
+        elif not self.finished:
+            if self._buffer is None:
+                self._buffer = []
+            self._buffer.append(data)
+            self._buffered += len(data)
+            if self._buffered > BODY_BUFFER_BYTES:
+                self._protocol._pause("buffer")
+
+    def _body_complete(self) -> None:
+        self.body_done = True
+        if self._sink is not None:
+            self._sink.body_complete()
+
+    def _body_failed(self, error: GatewayError) -> None:
+        self._body_error = error
+        self.close_after = True
+        if self._sink is not None:
+            self._sink.body_failed(error)
+        elif self.handler is None and not self.head_sent:
+            # Not yet handed to a handler: answer the error when dispatched.
+            self.error = error
+
+    # -- response -------------------------------------------------------
+
+    def write_head(
+        self,
+        status: int,
+        fields: list[tuple[bytes, bytes]],
+        content_length: Optional[int] = None,
+        reason: Optional[bytes] = None,
+    ) -> None:
+        """
+        Send the status line and C{fields} (which must not hold framing
+        fields). C{content_length} C{None} means the length is unknown: the
+        body is sent chunked (or close-delimited to an HTTP/1.0 client).
+        """
+        if self.head_sent or self.lost:
+            return
+        self.head_sent = True
+        self.status = status
+        request = self.request
+        protocol = self._protocol
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_for(status))]
+        if request.method == "HEAD" or status in (204, 304) or status < 200:
+            self._no_body = True
+            if content_length is not None and status != 204:
+                lines.append(b"Content-Length: %d\r\n" % content_length)
+        elif content_length is not None:
+            lines.append(b"Content-Length: %d\r\n" % content_length)
+        elif request.version == "1.1":
+            self._chunked = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            self.close_after = True
+        if self.close_after or not request.keep_alive or protocol.draining:
+            self.close_after = True
+            lines.append(b"Connection: close\r\n")
+        elif request.version == "1.0":
+            lines.append(b"Connection: keep-alive\r\n")
+        lines.append(serialize_fields(fields))
+        lines.append(b"\r\n")
+        self._transport.write(b"".join(lines))
+
+    def write(self, data: bytes) -> None:
+        """Send a piece of the response body."""
+        if self._no_body or self.lost or not data:
+            return
+        self.bytes_sent += len(data)
+        if self._chunked:
+            self._transport.writeSequence(chunk(data))
+        else:
+            self._transport.write(data)
+
+    def finish(self) -> None:
+        """End the response."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.lost:
+            return
+        self.unregisterProducer()
+        if self._chunked:
+            self._transport.write(LAST_CHUNK)
+        self._protocol._stream_finished(self)
+
+    def abort(self) -> None:
+        """
+        End a response that cannot be completed: the connection closes after
+        what was written, so the client sees it cut short.
+        """
+        self.close_after = True
+        if self.finished:
+            return
+        self.finished = True
+        if not self.lost:
+            self.unregisterProducer()
+            self._protocol._stream_finished(self, complete=False)
+
+    def respond(
+        self, status: int, fields: list[tuple[bytes, bytes]], body: bytes = b""
+    ) -> None:
+        """Send a whole response with a fixed body, adding C{Date}."""
+        fields.append((b"Date", self._protocol.factory.date()))
+        self.write_head(status, fields, len(body))
+        self.write(body)
+        self.finish()
+
+    def send_error(self, error: GatewayError) -> None:
+        """Answer with C{error}'s problem body, or cut the response if started."""
+        if self.head_sent:
+            self.abort()
+            return
+        if error.close:
+            self.close_after = True
+        request = self.request
+        body, content_type = problem_body(
+            error, request.request_id, request.headers.get(b"accept")
+        )
+        fields = [
+            (b"Content-Type", content_type),
+            (b"X-Request-ID", request.request_id.encode("ascii")),
+        ]
+        fields.extend(error.headers)
+        self.respond(error.status, fields, body)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        if not self.lost:
+            self._producing = True
+            self._transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        if self._producing:
+            self._producing = False
+            if not self.lost:
+                self._transport.unregisterProducer()
+
+    def _connection_lost(self) -> None:
+        self.lost = True
+        handler = self.handler
+        if handler is not None and not self.finished:
+            handler.stream_lost()
+
+
+class HTTP11ServerProtocol(Protocol):
+    """
+    One client connection speaking HTTP/1.1.
+
+    Reading is paused for several independent reasons (a pipelined request
+    waiting, a slow upstream, a full body buffer); it resumes only when none
+    is left.
+    """
+
+    def __init__(self, factory: HTTP11ServerFactory) -> None:
+        self.factory = factory
+        self.draining = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._streams: deque[HTTP11Stream] = deque()
+        self._current: Optional[HTTP11Stream] = None  # whose body is being parsed
+        self._discarding: Optional[HTTP11Stream] = None  # answered, body still arriving
+        self._accepting = True  # False once no further request will be read
+        self._closing = False
+        self._paused: set[str] = set()
+        self._timer = Timer(factory.reactor, self._timed_out)
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._head_raw = 0
+        self._in_head = False
+        self._limits = factory.gateway.limits
+        self._refusal: Optional[GatewayError] = None
+        self._client_host = ""
+        self._client_port = 0
+        self._server_port = 0
+
+    # -- connection -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        transport.setTcpNoDelay(True)
+        peer = transport.getPeer()
+        self._client_host = getattr(peer, "host", "")
+        self._client_port = getattr(peer, "port", 0)
+        self._server_port = getattr(transport.getHost(), "port", 0)
+        self.factory.connection_made(self)
+        self._timer.set(self._limits.idle_timeout)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self._timer.cancel()
+        self._accepting = False
+        streams = list(self._streams)
+        if self._current is not None and self._current not in streams:
+            streams.append(self._current)
+        self._streams.clear()
+        self._current = self._discarding = None
+        for stream in streams:
+            stream._connection_lost()
+        self.factory.connection_lost(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._accepting:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade or CONNECT request was parsed to its end; without
+            # tunnels here it is answered as a plain request, and nothing
+            # after it on this connection is read.
+            self._accepting = False
+        except httptools.HttpParserError as exc:
+            self._parse_failed(self._refusal or bad_request(_describe(exc)))
+            return
+        if self._in_head:
+            # httptools buffers an unfinished field itself, out of sight of
+            # on_header's count: bound what an unfinished head may take.
+            self._head_raw += len(data)
+            if self._head_raw > self._limits.max_header_bytes + BODY_BUFFER_BYTES:
+                self._parse_failed(
+                    GatewayError(431, "headers_too_large", "request head too large", close=True)
+                )
+
+    def drain(self) -> None:
+        """Finish the request in progress, then close; close now if idle."""
+        self.draining = True
+        if not self._streams and not self._in_head and self._current is None:
+            self._close()
+
+    # -- pausing --------------------------------------------------------
+
+    def _pause(self, reason: str) -> None:
+        if not self._paused:
+            self.transport.pauseProducing()
+        self._paused.add(reason)
+
+    def _resume(self, *reasons: str) -> None:
+        paused = self._paused
+        if not paused:
+            return
+        for reason in reasons:
+            paused.discard(reason)
+        if not paused and not self._closing:
+            self.transport.resumeProducing()
+
+    # -- parser callbacks -----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._fields = []
+        self._head_bytes = 0
+        self._head_raw = 0
+        self._limits = limits = self.factory.gateway.limits
+        self._timer.set(limits.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limits.max_uri_bytes:
+            self._refuse(GatewayError(414, "uri_too_long", "request target too long", close=True))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes + len(self._url) > self._limits.max_header_bytes:
+            self._refuse(
+                GatewayError(431, "headers_too_large", "request head too large", close=True)
+            )
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._timer.clear()
+        gateway = self.factory.gateway
+        try:
+            request = self._build_request(gateway)
+            error = None
+        except GatewayError as exc:
+            request = self._fallback_request()
+            error = exc
+        stream = HTTP11Stream(self, request, error)
+        if error is None and request.content_length is not None:
+            if request.content_length > self._limits.max_body_bytes:
+                stream.error = GatewayError(
+                    413, "body_too_large", "request body larger than allowed", close=True
+                )
+                stream.close_after = True
+        if not request.keep_alive or stream.close_after:
+            self._accepting = False
+        self._current = stream
+        self._streams.append(stream)
+        if len(self._streams) == 1:
+            self._dispatch(stream)
+        else:
+            self._pause("pipeline")
+        if stream.error is not None:
+            self._refuse(stream.error)
+
+    def on_body(self, body: bytes) -> None:
+        stream = self._current
+        if stream is None:
+            return
+        if stream.body_bytes + len(body) > self._limits.max_body_bytes:
+            self._refuse(GatewayError(413, "body_too_large", "request body larger than allowed", close=True))
+        stream._body_received(body)
+
+    def on_message_complete(self) -> None:
+        stream = self._current
+        self._current = None
+        if stream is None:
+            return
+        stream._body_complete()
+        if stream is self._discarding:
+            self._discarding = None
+            self._after_response(stream)
+
+    def _refuse(self, error: GatewayError) -> None:
+        self._refusal = error
+        raise _Refused(error)
+
+    # -- requests -------------------------------------------------------
+
+    def _build_request(self, gateway: Gateway) -> Request:
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        version = parser.get_http_version()
+        target = self._url
+        fields = self._fields
+        host_value: Optional[bytes] = None
+        hosts = 0
+        content_length: Optional[int] = None
+        chunked = False
+        expect = False
+        request_id: Optional[bytes] = None
+        for name, value in fields:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+                host_value = value
+            elif lower == b"content-length":
+                content_length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"expect":
+                if value.lower() != b"100-continue":
+                    raise GatewayError(417, "expectation_failed", "only 100-continue is supported")
+                expect = True
+            elif lower == b"x-request-id":
+                request_id = value
+        if hosts > 1:
+            raise bad_request("more than one Host field")
+        if target[:1] == b"/":
+            path, _, query = target.partition(b"?")
+        elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+            # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
+            rest = target.split(b"//", 1)[1]
+            end = len(rest)
+            for sep in (b"/", b"?"):
+                index = rest.find(sep)
+                if index != -1 and index < end:
+                    end = index
+            authority, rest = rest[:end], rest[end:]
+            if b"@" in authority:
+                raise bad_request("user information in the request target")
+            path, _, query = rest.partition(b"?")
+            path = path or b"/"
+            host_value = authority
+            self._fields = fields = [
+                (n, authority if n.lower() == b"host" else v) for n, v in fields
+            ]
+            if hosts == 0:
+                fields.append((b"Host", authority))
+        elif target == b"*" and method == "OPTIONS":
+            path, query = b"*", b""
+        else:
+            raise bad_request("malformed request target")
+        if host_value is None:
+            if version != "1.0":
+                raise bad_request("missing Host field")
+            host, port = "", None
+        else:
+            host, port = _split_host(host_value)
+        if path != b"*":
+            try:
+                normal_path = normalise_path(path)
+            except BadPath as exc:
+                raise bad_request(str(exc))
+        else:
+            normal_path = "*"
+        if request_id is None or not is_sane_request_id(request_id):
+            rid = new_request_id()
+        else:
+            rid = request_id.decode("ascii")
+        return Request(
+            method=method,
+            target=target,
+            path=normal_path,
+            query=query.decode("latin-1"),
+            version=version,
+            headers=Headers(fields),
+            host=host,
+            port=port,
+            server_port=self._server_port,
+            scheme=self.factory.scheme,
+            client_host=self._client_host,
+            client_port=self._client_port,
+            listener=self.factory.listener.name,
+            request_id=rid,
+            keep_alive=parser.should_keep_alive(),
+            content_length=None if chunked else content_length,
+            chunked=chunked,
+            expect_continue=expect,
+            received_at=self.factory.reactor.seconds(),
+        )
+
+    def _fallback_request(self) -> Request:
+        """A request good enough to answer and log when the head was refused."""
+        try:
+            method = self._parser.get_method().decode("ascii")
+        except Exception:
+            method = "-"
+        return Request(
+            method=method,
+            target=self._url,
+            path="-",
+            headers=Headers(self._fields),
+            server_port=self._server_port,
+            scheme=self.factory.scheme,
+            client_host=self._client_host,
+            client_port=self._client_port,
+            listener=self.factory.listener.name,
+            request_id=new_request_id(),
+            keep_alive=False,
+            received_at=self.factory.reactor.seconds(),
+        )
+
+    def _dispatch(self, stream: HTTP11Stream) -> None:
+        if stream.error is not None:
+            stream.send_error(stream.error)
+            return
+        self.factory.gateway.dispatch(stream)
+
+    def _parse_failed(self, error: GatewayError) -> None:
+        """The bytes read cannot be parsed further: answer, then close."""
+        self._accepting = False
+        self._in_head = False
+        stream = self._current
+        if stream is not None and not stream.body_done:
+            # The body of a request already under way is broken.
+            stream._body_failed(error)
+            self._current = None
+            if stream is self._discarding:
+                self._discarding = None
+                self._close()
+            return
+        if self._refusal is not None and stream is not None and stream.error is error:
+            return  # already queued as that request's answer
+        stream = HTTP11Stream(self, self._fallback_request(), error)
+        stream.close_after = True
+        self._streams.append(stream)
+        if len(self._streams) == 1:
+            self._dispatch(stream)
+
+    # -- responses ------------------------------------------------------
+
+    def _stream_finished(self, stream: HTTP11Stream, complete: bool = True) -> None:
+        if not self._streams or self._streams[0] is not stream:
+            log.error("response finished out of order: {stream!r}", stream=stream)
+            self.transport.abortConnection()
+            return
+        self._streams.popleft()
+        self._resume("sink", "buffer")
+        self.factory.stream_finished(stream)
+        if not complete:
+            self._close()
+            return
+        if not stream.body_done:
+            remaining = stream.request.content_length
+            if (
+                stream.close_after
+                or remaining is None
+                or remaining - stream.body_bytes > DISCARD_BODY_BYTES
+                or not self._accepting
+            ):
+                self._close()
+                return
+            # Read the rest of the body (and throw it away) before going on.
+            self._discarding = stream
+            self._resume("pipeline")
+            return
+        self._after_response(stream)
+
+    def _after_response(self, stream: HTTP11Stream) -> None:
+        if stream.close_after or not stream.request.keep_alive or self.draining:
+            self._close()
+            return
+        if self._streams:
+            following = self._streams[0]
+            if len(self._streams) == 1:
+                self._resume("pipeline")
+            self._dispatch(following)
+            return
+        if not self._accepting:
+            self._close()
+            return
+        self._resume("pipeline")
+        if not self._in_head:
+            self._timer.set(self._limits.idle_timeout)
+
+    def _close(self) -> None:
+        """Close after what was written; linger if the client may still send."""
+        if self._closing:
+            return
+        self._closing = True
+        self._accepting = False
+        transport = self.transport
+        transport.loseWriteConnection()
+        # Keep reading (and discarding) so unread request bytes don't make
+        # the kernel reset the connection before the client reads our answer.
+        self._paused.clear()
+        transport.resumeProducing()
+        self._timer.set(LINGER_SECONDS)
+
+    def _timed_out(self) -> None:
+        if self._closing:
+            self.transport.abortConnection()
+        elif self._in_head:
+            self._parse_failed(
+                GatewayError(408, "request_timeout", "request head not received in time", close=True)
+            )
+        elif not self._streams:
+            self.transport.loseConnection()
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"malformed request: {text}"
+
+
+def _split_host(value: bytes) -> tuple[str, Optional[int]]:
+    """The lower-case host name and the port of a C{Host} value; 400 if invalid."""
+    if not _HOST.match(value):
+        raise bad_request("invalid Host field")
+    port: Optional[int] = None
+    if value.startswith(b"["):
+        end = value.index(b"]")
+        host = value[1:end]
+        rest = value[end + 1 :]
+        if rest.startswith(b":") and len(rest) > 1:
+            port = int(rest[1:])
+    else:
+        host, sep, port_bytes = value.partition(b":")
+        if sep and port_bytes:
+            port = int(port_bytes)
+    if port is not None and port > 65535:
+        raise bad_request("invalid port in Host field")
+    return host.decode("ascii").lower().rstrip("."), port
+
+
+class HTTP11ServerFactory(Factory):
+    """
+    Builds L{HTTP11ServerProtocol}s for one listener and keeps track of its
+    open connections (for draining on shutdown).
+
+    @ivar gateway: the L{Gateway} new requests are dispatched to; replaced
+        on reload.
+    """
+
+    def __init__(
+        self,
+        listener: ListenerConfig,
+        gateway: Gateway,
+        reactor: Any,
+        scheme: str = "http",
+        on_stream_finished: Optional[Callable[[HTTP11Stream], None]] = None,
+    ) -> None:
+        from gatewaykit.http.wire import HTTPDate
+
+        self.listener = listener
+        self.gateway = gateway
+        self.reactor = reactor
+        self.scheme = scheme
+        self.date = HTTPDate(reactor.seconds)
+        self.connections: set[HTTP11ServerProtocol] = set()
+        self._on_stream_finished = on_stream_finished
+
+    noisy = False
+
+    def logPrefix(self) -> str:
+        return f"gatewaykit/{self.listener.name}"
+
+    def buildProtocol(self, addr: Any) -> HTTP11ServerProtocol:
+        return HTTP11ServerProtocol(self)
+
+    def connection_made(self, protocol: HTTP11ServerProtocol) -> None:
+        self.connections.add(protocol)
+
+    def connection_lost(self, protocol: HTTP11ServerProtocol) -> None:
+        self.connections.discard(protocol)
+
+    def stream_finished(self, stream: HTTP11Stream) -> None:
+        gateway = stream.gateway or self.gateway
+        gateway.stream_finished(stream)

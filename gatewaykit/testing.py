@@ -1,0 +1,204 @@
+"""
+Fakes and builders for tests, ours and plugin authors'.
+
+L{GatewayHarness} runs the real downstream protocol and gateway over
+C{StringTransport}s with a C{MemoryReactorClock}, so a unit test can send
+raw request bytes and read the raw response without any socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import httptools
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+from gatewaykit.config.model import (
+    AccessLogConfig,
+    Config,
+    GatewayConfig,
+    Limits,
+    ListenerConfig,
+    Match,
+    RouteConfig,
+    TargetConfig,
+    UpstreamConfig,
+)
+from gatewaykit.gateway import Gateway
+from gatewaykit.http.message import Headers
+from gatewaykit.listeners.http import HTTP11ServerFactory, HTTP11ServerProtocol
+
+
+def make_config(
+    routes: Iterable[RouteConfig] = (),
+    upstreams: Iterable[UpstreamConfig] = (),
+    limits: Limits = Limits(),
+    listeners: Iterable[ListenerConfig] = (ListenerConfig("web", "http", "127.0.0.1", 0),),
+    node: str = "test-node",
+    trusted_proxies: tuple = (),
+    access_log: AccessLogConfig = AccessLogConfig(path="off"),
+) -> Config:
+    """A whole L{Config} built in code, without YAML."""
+    return Config(
+        source="<test>",
+        digest="0" * 64,
+        gateway=GatewayConfig(
+            node=node,
+            limits=limits,
+            trusted_proxies=trusted_proxies,
+            access_log=access_log,
+        ),
+        listeners={listener.name: listener for listener in listeners},
+        upstreams={upstream.name: upstream for upstream in upstreams},
+        routes=tuple(routes),
+    )
+
+
+def route(name: str, index: int = 0, listeners: tuple = ("web",), **kwargs: Any) -> RouteConfig:
+    """A L{RouteConfig}; C{match} may be given as keyword arguments of L{Match}."""
+    match = kwargs.pop("match", None)
+    if match is None:
+        names = {field.name for field in Match.__attrs_attrs__}
+        match = Match(**{k: kwargs.pop(k) for k in list(kwargs) if k in names})
+    return RouteConfig(name=name, index=index, listeners=listeners, match=match, **kwargs)
+
+
+def upstream(name: str, *addresses: str, **kwargs: Any) -> UpstreamConfig:
+    """An L{UpstreamConfig} with C{host:port} targets."""
+    targets = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        targets.append(TargetConfig(host, int(port)))
+    return UpstreamConfig(name=name, targets=tuple(targets), **kwargs)
+
+
+class Response:
+    """A parsed HTTP/1.1 response."""
+
+    def __init__(self, status: int, reason: bytes, headers: Headers, body: bytes) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers!r} {self.body[:60]!r}>"
+
+
+class _HeadOnly(Exception):
+    """Stops the parser after a head that has no body."""
+
+
+class _ResponseCollector:
+    def __init__(self, head_request: bool) -> None:
+        self.responses: list[Response] = []
+        self._head_request = head_request
+        self.parser = httptools.HttpResponseParser(self)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._reason = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if self._head_request and status >= 200:
+            raise _HeadOnly()
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.responses.append(
+            Response(
+                self.parser.get_status_code(),
+                self._reason,
+                Headers(self._fields),
+                b"".join(self._body),
+            )
+        )
+        self._reset()
+
+
+def parse_responses(data: bytes, head_request: bool = False) -> list[Response]:
+    """
+    Every complete response in C{data}. Responses to HEAD have no body, which
+    the bytes alone cannot tell: pass C{head_request=True} when they answer
+    HEAD requests.
+    """
+    collector = _ResponseCollector(head_request)
+    rest = data
+    while rest:
+        try:
+            collector.parser.feed_data(rest)
+            break
+        except httptools.HttpParserError as exc:
+            if not isinstance(exc.__context__, _HeadOnly):
+                raise
+            collector.on_message_complete()
+            rest = rest[rest.index(b"\r\n\r\n") + 4 :]
+            collector.parser = httptools.HttpResponseParser(collector)
+    return collector.responses
+
+
+def parse_response(data: bytes, head_request: bool = False) -> Response:
+    """The one response in C{data}."""
+    responses = parse_responses(data, head_request)
+    if len(responses) != 1:
+        raise AssertionError(f"expected one response, got {len(responses)} in {data!r}")
+    return responses[0]
+
+
+class TCPStringTransport(StringTransport):
+    """A C{StringTransport} with the TCP-only methods the codecs call."""
+
+    no_delay = False
+    write_closed = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        self.no_delay = enabled
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class GatewayHarness:
+    """
+    A gateway for one config on a fake reactor; L{connect} opens a client
+    connection on a C{StringTransport}.
+    """
+
+    def __init__(self, config: Config, listener: str = "web") -> None:
+        self.reactor = MemoryReactorClock()
+        self.config = config
+        self.gateway = Gateway(config, self.reactor)
+        self.factory = HTTP11ServerFactory(
+            config.listeners[listener], self.gateway, self.reactor
+        )
+
+    def connect(
+        self, client: str = "127.0.0.1", client_port: int = 50000
+    ) -> tuple[HTTP11ServerProtocol, TCPStringTransport]:
+        """A new client connection: the protocol and its transport."""
+        protocol = self.factory.buildProtocol(None)
+        transport = TCPStringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", client, client_port),
+        )
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def request(self, data: bytes, head_request: bool = False) -> Response:
+        """Send C{data} on a new connection and parse the one response."""
+        protocol, transport = self.connect()
+        protocol.dataReceived(data)
+        return parse_response(transport.value(), head_request)
+

@@ -1,0 +1,69 @@
+"""
+A cheap re-armable timeout.
+
+Proxies re-arm timeouts constantly (every request, every body chunk). A
+L{Timer} keeps at most one C{DelayedCall}: moving the deadline later costs
+only a float assignment, and the call re-schedules itself when it fires
+early. Only moving the deadline earlier touches the reactor's heap.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+
+class Timer:
+    """
+    Calls C{callback()} once the deadline set by L{set} has passed, unless
+    L{clear}ed or L{cancel}led first.
+    """
+
+    __slots__ = ("_clock", "_callback", "_deadline", "_call")
+
+    def __init__(self, clock: IReactorTime, callback: Callable[[], object]) -> None:
+        self._clock = clock
+        self._callback = callback
+        self._deadline: Optional[float] = None
+        self._call: Optional[IDelayedCall] = None
+
+    @property
+    def armed(self) -> bool:
+        """Whether a deadline is set."""
+        return self._deadline is not None
+
+    def set(self, delay: float) -> None:
+        """Fire C{delay} seconds from now (replacing any earlier setting)."""
+        now = self._clock.seconds()
+        deadline = now + delay
+        self._deadline = deadline
+        call = self._call
+        if call is None:
+            self._call = self._clock.callLater(delay, self._fire)
+        elif call.getTime() > deadline:
+            call.reset(delay)
+
+    def clear(self) -> None:
+        """Forget the deadline; the pending call, if any, will find nothing to do."""
+        self._deadline = None
+
+    def cancel(self) -> None:
+        """Forget the deadline and drop the pending call (on teardown)."""
+        self._deadline = None
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def _fire(self) -> None:
+        self._call = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        remaining = deadline - self._clock.seconds()
+        if remaining > 0:
+            self._call = self._clock.callLater(remaining, self._fire)
+            return
+        self._deadline = None
+        self._callback()

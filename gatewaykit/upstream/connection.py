@@ -1,0 +1,211 @@
+"""
+The upstream HTTP/1.1 client connection: writes requests given by an
+exchange, parses responses with httptools and hands them back piece by piece.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import httptools
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+if TYPE_CHECKING:
+    from gatewaykit.upstream.pool import ConnectionPool
+    from gatewaykit.upstream.target import Target
+
+# An upstream response head larger than this is refused (502), as nginx's
+# proxy_buffer_size and Envoy's max_response_headers_kb do.
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+
+
+class InvalidResponse(Exception):
+    """The upstream sent something that is not a valid HTTP/1.1 response."""
+
+
+class _HeadResponseEnd(Exception):
+    """Stops the parser after the head of a response to HEAD (it has no body)."""
+
+
+@implementer(IPushProducer)
+class UpstreamConnection(Protocol):
+    """
+    One keep-alive connection to a target, serving one exchange at a time.
+
+    The exchange (set as C{exchange} while a request is in progress) gets
+    C{response_head(status, reason, fields, content_length)},
+    C{response_body(data)}, C{response_complete()} or
+    C{upstream_failed(reason)}, and C{touch()} when the client resumes
+    reading. As an C{IPushProducer} the connection stops reading from the
+    upstream while the client is slow.
+    """
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        target: Target,
+        on_connect: Callable[[UpstreamConnection], None],
+    ) -> None:
+        self.pool = pool
+        self.target = target
+        self.exchange: Any = None
+        self.reusable = True
+        self.open = False
+        self.idle_since = 0.0
+        self._on_connect = on_connect
+        self._parser = httptools.HttpResponseParser(self)
+        self._reason = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._interim = False
+        self._head_received = False
+        self._until_close = False
+        self._head_response_end = False
+
+    # -- connection -----------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.open = True
+        self.transport.setTcpNoDelay(True)
+        self._on_connect(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.open = False
+        self.reusable = False
+        self.pool.connection_lost(self)
+        exchange = self.exchange
+        if exchange is None:
+            return
+        self.exchange = None
+        if self._until_close and self._head_received and reason.check(ConnectionDone):
+            exchange.response_complete()
+        else:
+            exchange.upstream_failed(reason)
+
+    def close(self) -> None:
+        """Close the connection (it will not be reused)."""
+        self.reusable = False
+        if self.open:
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        """Drop the connection at once, discarding unsent data."""
+        self.reusable = False
+        self.exchange = None
+        if self.open:
+            self.transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.exchange is None:
+            # Bytes nobody asked for: the connection is not safe to reuse.
+            self.reusable = False
+            self.transport.loseConnection()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._invalid("unexpected protocol switch from upstream")
+        except httptools.HttpParserError as exc:
+            if self._head_response_end:
+                self._head_response_end = False
+                self._parser = httptools.HttpResponseParser(self)
+                # Anything after the head would be a body a HEAD response must
+                # not have; then the connection's framing is unknown.
+                if not data.endswith(b"\r\n\r\n"):
+                    self.reusable = False
+                self._message_done()
+            else:
+                reason = exc.__context__ if isinstance(exc.__context__, InvalidResponse) else exc
+                self._invalid(str(reason) or "malformed response")
+
+    def _invalid(self, message: str) -> None:
+        exchange = self.exchange
+        self.abort()
+        if exchange is not None:
+            exchange.upstream_failed(Failure(InvalidResponse(message)))
+
+    # -- IPushProducer: the client's transport pauses us ------------------
+
+    def pauseProducing(self) -> None:
+        if self.open:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.open:
+            self.transport.resumeProducing()
+            if self.exchange is not None:
+                self.exchange.touch()
+
+    def stopProducing(self) -> None:
+        self.abort()
+
+    # -- parser callbacks -----------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields.append((name, value))
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
+            raise InvalidResponse("response head too large")
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            # Interim responses (100 Continue, 103 Early Hints) are dropped:
+            # the gateway answered the client's 100-continue itself.
+            self._interim = True
+            self._reason = b""
+            self._fields = []
+            self._head_bytes = 0
+            return
+        content_length: Optional[int] = None
+        chunked = False
+        for name, value in self._fields:
+            lower = name.lower()
+            if lower == b"content-length":
+                content_length = int(value)
+            elif lower == b"transfer-encoding":
+                chunked = True
+        exchange = self.exchange
+        head_request = exchange.method == "HEAD"
+        no_body = head_request or status in (204, 304)
+        self._head_received = True
+        if not no_body and not chunked and content_length is None:
+            self._until_close = True
+            self.reusable = False
+        exchange.response_head(
+            status, self._reason, self._fields, None if chunked else content_length
+        )
+        if head_request:
+            self._head_response_end = True
+            raise _HeadResponseEnd()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self._parser.should_keep_alive():
+            self.reusable = False
+        self._message_done()
+
+    def _message_done(self) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self._reason = b""
+        self._fields = []
+        self._head_bytes = 0
+        self._head_received = False
+        self._until_close = False
+        if exchange is not None:
+            exchange.response_complete()

@@ -1,0 +1,124 @@
+"""
+Keep-alive connections to the targets of one upstream.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.interfaces import IConnector
+from twisted.internet.protocol import ClientFactory
+from twisted.python.failure import Failure
+
+from gatewaykit.config.model import UpstreamConfig
+from gatewaykit.timer import Timer
+from gatewaykit.upstream.connection import UpstreamConnection
+from gatewaykit.upstream.target import Target
+
+
+class _ConnectAttempt(ClientFactory):
+    """One outgoing connection for one waiter."""
+
+    noisy = False
+
+    def __init__(self, pool: ConnectionPool, target: Target, waiter: Any) -> None:
+        self.pool = pool
+        self.target = target
+        self.waiter = waiter
+
+    def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        return UpstreamConnection(self.pool, self.target, self._connected)
+
+    def _connected(self, connection: UpstreamConnection) -> None:
+        self.pool.connections_opened += 1
+        self.waiter.connected(connection, False)
+
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.waiter.connect_failed(reason)
+
+
+class ConnectionPool:
+    """
+    Hands out connections to a target: an idle kept-alive one when there is
+    one (most recently used first), else a new one.
+
+    A waiter gets C{connected(connection, reused)} or
+    C{connect_failed(reason)}.
+    """
+
+    def __init__(self, reactor: Any, config: UpstreamConfig) -> None:
+        self._reactor = reactor
+        self._connect_timeout = config.timeouts.connect
+        self._max_idle = config.pool.max_idle_per_target
+        self._idle_timeout = config.pool.idle_timeout
+        self._idle: dict[Target, list[UpstreamConnection]] = {}
+        self._sweeper = Timer(reactor, self._sweep)
+        self.connections_opened = 0
+
+    def acquire(self, target: Target, waiter: Any, fresh: bool = False) -> Optional[IConnector]:
+        """
+        Get a connection to C{target} for C{waiter}; C{fresh} skips idle ones.
+
+        @return: the connector while a new connection is being made (to stop
+            it if the waiter gives up), else C{None}.
+        """
+        if not fresh:
+            idle = self._idle.get(target)
+            if idle:
+                oldest_usable = self._reactor.seconds() - self._idle_timeout
+                while idle:
+                    connection = idle.pop()
+                    if connection.open and connection.idle_since > oldest_usable:
+                        waiter.connected(connection, True)
+                        return None
+                    connection.close()
+        return self._reactor.connectTCP(
+            target.host,
+            target.port,
+            _ConnectAttempt(self, target, waiter),
+            timeout=self._connect_timeout,
+        )
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Take back a connection after an exchange: keep it idle or close it."""
+        if connection.reusable and connection.open:
+            idle = self._idle.setdefault(connection.target, [])
+            if len(idle) < self._max_idle:
+                connection.exchange = None
+                connection.idle_since = self._reactor.seconds()
+                idle.append(connection)
+                if not self._sweeper.armed:
+                    self._sweeper.set(self._idle_timeout)
+                return
+        connection.close()
+
+    def connection_lost(self, connection: UpstreamConnection) -> None:
+        """Forget a connection that closed."""
+        idle = self._idle.get(connection.target)
+        if idle and connection in idle:
+            idle.remove(connection)
+
+    def idle_count(self, target: Target) -> int:
+        """How many idle connections to C{target} are kept."""
+        return len(self._idle.get(target, ()))
+
+    def _sweep(self) -> None:
+        oldest_usable = self._reactor.seconds() - self._idle_timeout
+        next_expiry: Optional[float] = None
+        for idle in self._idle.values():
+            for connection in list(idle):
+                if connection.idle_since <= oldest_usable:
+                    idle.remove(connection)
+                    connection.close()
+                elif next_expiry is None or connection.idle_since < next_expiry:
+                    next_expiry = connection.idle_since
+        if next_expiry is not None:
+            self._sweeper.set(next_expiry - oldest_usable)
+
+    def close(self) -> None:
+        """Close every idle connection and stop the sweeper."""
+        self._sweeper.cancel()
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                connection.close()
