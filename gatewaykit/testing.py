@@ -13,6 +13,7 @@ from typing import Any, Iterable, Optional
 import httptools
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
 from gatewaykit.config.model import (
     AccessLogConfig,
@@ -195,6 +196,22 @@ class GatewayHarness:
         )
         protocol.makeConnection(transport)
         return protocol, transport
+
+    def accept_upstream(self, index: int = -1) -> tuple[Any, TCPStringTransport]:
+        """
+        Complete the C{index}th connection attempt the gateway made to an
+        upstream: the upstream-side protocol and the transport it writes to.
+        """
+        factory = self.reactor.tcpClients[index][2]
+        connection = factory.buildProtocol(None)
+        transport = TCPStringTransport()
+        connection.makeConnection(transport)
+        return connection, transport
+
+    def refuse_upstream(self, reason: Exception, index: int = -1) -> None:
+        """Fail the C{index}th connection attempt with C{reason}."""
+        _, _, factory, _, _ = self.reactor.tcpClients[index]
+        factory.clientConnectionFailed(self.reactor.connectors[index], Failure(reason))
 
     def request(self, data: bytes, head_request: bool = False) -> Response:
         """Send C{data} on a new connection and parse the one response."""
