@@ -347,6 +347,8 @@ class HTTP11ServerProtocol(Protocol):
             # after it on this connection is read.
             self._accepting = False
         except httptools.HttpParserError as exc:
+            if self._refusal is None and not self._accepting:
+                return  # bytes after a request that ended the connection
             self._parse_failed(self._refusal or bad_request(_describe(exc)))
             return
         if self._in_head:
