@@ -42,6 +42,7 @@ from gatewaykit.config.model import (
 )
 from gatewaykit.config.schema import (
     MISSING,
+    Check,
     Context,
     Invalid,
     Key,
@@ -58,10 +59,12 @@ from gatewaykit.config.schema import (
     is_null,
     list_of,
     one_of,
+    pairs,
     position,
     reference,
     size,
     text,
+    wrong,
 )
 from gatewaykit.config.yamlpos import MapNode, Node, ScalarNode, compose
 from gatewaykit.plugins import DuplicatePluginName, balancer_factories
@@ -77,13 +80,16 @@ _PATH_KINDS = ("path", "path_prefix", "path_regex")
 # -- value checks: text in, value out, ValueError for a mistake -------------
 
 
-def _name(value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise ValueError(
-            f"a name may hold only letters, digits, '.', '_' and '-'"
-            f" (and starts with a letter or digit), got {value!r}"
-        )
-    return value
+def _name(kind: str) -> Check:
+    def check(value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                f"{kind} name {value!r} may contain only letters, digits, '.', '_'"
+                f" and '-', and must start with a letter or digit"
+            )
+        return value
+
+    return check
 
 
 def _node_name(value: str) -> str:
@@ -92,7 +98,7 @@ def _node_name(value: str) -> str:
     return value
 
 
-def _token(kind: str):
+def _token(kind: str) -> Check:
     def check(value: str) -> str:
         if not _TOKEN.fullmatch(value):
             raise ValueError(f"{value!r} is not a valid {kind}")
@@ -166,36 +172,17 @@ def _directory(ctx: Context, node: Node) -> str:
 def _workers(ctx: Context, node: Node) -> Union[int, str]:
     if isinstance(node, ScalarNode) and node.value == "auto":
         return "auto"
-    value = node.value if isinstance(node, ScalarNode) else None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise Invalid(node, f"expected an integer >= 1 or 'auto', got {describe(node)}")
+    try:
+        count: int = integer(minimum=1)(ctx, node)
+    except Invalid:
+        raise wrong(node, "an integer >= 1 or 'auto'") from None
+    return count
 
 
-def _pairs(value: Parser, key_check=None) -> Parser:
-    """A mapping of name -> value as a tuple of pairs, in file order."""
-
-    def parse(ctx: Context, node: Node) -> tuple[tuple[str, Any], ...]:
-        pairs = []
-        for name, (key_node, value_node) in expect_map(node).entries.items():
-            if key_check is not None:
-                try:
-                    key_check(name)
-                except ValueError as e:
-                    ctx.report(key_node, str(e))
-                    continue
-            parsed = ctx.attempt(value, value_node)
-            if parsed is not MISSING:
-                pairs.append((name, parsed))
-        return tuple(pairs)
-
-    return parse
-
-
-def _conditions(key_check=None) -> Parser:
-    pairs = _pairs(converted(_condition_value), key_check)
+def _conditions(name_check: Optional[Check] = None) -> Parser:
+    parse_pairs = pairs(converted(_condition_value), name_check)
     return lambda ctx, node: tuple(
-        Condition.parse(name, value) for name, value in pairs(ctx, node)
+        Condition.parse(name, value) for name, value in parse_pairs(ctx, node)
     )
 
 
@@ -304,13 +291,27 @@ MATCH = Section(
     }
 )
 
+
+def _match(ctx: Context, node: Node) -> Match:
+    values = MATCH(ctx, node)
+    entries = expect_map(node).entries
+    given = [k for k in entries if k in _PATH_KINDS and not is_null(entries[k][1])]
+    for kind in given[1:]:
+        ctx.report(
+            entries[kind][0],
+            f"only one of path, path_prefix and path_regex may be given;"
+            f" this match already has {given[0]!r}",
+        )
+    return Match(**values)
+
+
 ROUTE = Section(
     {
-        "name": Key(converted(_name, "a name"), required=True),
+        "name": Key(converted(_name("route"), "a name"), required=True),
         "listeners": list_of(
             reference("listener"), non_empty=True, unique=str, what="listener"
         ),
-        "match": lambda ctx, node: _match(ctx, node),
+        "match": _match,
         "upstream": reference("upstream"),
         "static": Section(
             {"root": Key(_directory, required=True), "index": converted(_file_name)}
@@ -325,7 +326,7 @@ ROUTE = Section(
             {
                 "status": integer(200, 599),
                 "body": text(non_empty=False),
-                "headers": _pairs(converted(_header_value), _token("header name")),
+                "headers": pairs(converted(_header_value), _token("header name")),
             }
         ).into(RespondAction),
         "timeout": duration(),
@@ -353,28 +354,15 @@ TOP = Section(
 # -- what the tables cannot say ------------------------------------------------
 
 
-def _match(ctx: Context, node: Node) -> Match:
-    values = MATCH(ctx, node)
-    entries = expect_map(node).entries
-    given = [k for k in entries if k in _PATH_KINDS and not is_null(entries[k][1])]
-    for kind in given[1:]:
-        ctx.report(
-            entries[kind][0],
-            f"only one of path, path_prefix and path_regex may be given;"
-            f" this match already has {given[0]!r}",
-        )
-    return Match(**values)
-
-
 def _named_entries(
     ctx: Context, node: Node, kind: str, body: Section
 ) -> Iterator[tuple[str, MapNode, dict[str, Any]]]:
     """Each C{name: {...}} entry of a mapping whose body parsed."""
     for name, (key_node, value_node) in expect_map(node).entries.items():
         try:
-            _name(name)
+            _name(kind)(name)
         except ValueError as e:
-            ctx.report(key_node, f"{kind} {e}")
+            ctx.report(key_node, str(e))
         values = ctx.attempt(body, value_node)
         if values is not MISSING:
             yield name, expect_map(value_node), values

@@ -1,7 +1,7 @@
 """
 The configuration as frozen model objects.
 
-Everything here is built by L{gatewaykit.config.load} from a validated YAML
+Everything here is built by L{gatewaykit.config.load_config} from a validated YAML
 file; nothing in the running gateway mutates it. A reload builds a new
 L{Config} and swaps it in.
 """

@@ -83,6 +83,8 @@ class Context:
 
 
 Parser = Callable[[Context, Node], Any]
+Check = Callable[[str], Any]
+"""A check of one text, raising C{ValueError} with the problem."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -334,17 +336,16 @@ def identity(ctx: Context, node: Node) -> Node:
 
 @frozen
 class Key:
-    """One key a L{Section} allows: its parser and the model attribute."""
+    """One key a L{Section} allows: its parser, and whether it must be given."""
 
     parse: Parser
     required: bool = False
-    attr: Optional[str] = None
 
 
 class Section:
     """
     A mapping with a fixed set of keys, each with its parser. Parsing gives
-    the values given, by model attribute name, for the caller to build its
+    the values given, by key (named as the model's attributes), to build the
     model object from (absent keys keep the model's defaults). Unknown keys
     are reported with a hint; C{upcoming} names keys the spec has that are
     not implemented yet, with the feature they come with.
@@ -388,7 +389,7 @@ class Section:
             if value is MISSING:
                 complete = complete and not key.required
             else:
-                values[key.attr or name] = value
+                values[name] = value
         for name, key in self.keys.items():
             if key.required and name not in mapping.entries:
                 ctx.report(mapping, f"missing required key {name!r}")
@@ -400,3 +401,26 @@ class Section:
     def into(self, build: Callable[..., Any]) -> Parser:
         """A parser building C{build(**values)}, e.g. a model class."""
         return lambda ctx, node: build(**self(ctx, node))
+
+
+def pairs(value: Parser, key_check: Optional[Check] = None) -> Parser:
+    """
+    A mapping of name -> value as a tuple of pairs in file order; a name
+    that fails C{key_check} is reported at the name.
+    """
+
+    def parse(ctx: Context, node: Node) -> tuple[tuple[str, Any], ...]:
+        found = []
+        for name, (key_node, value_node) in expect_map(node).entries.items():
+            if key_check is not None:
+                try:
+                    key_check(name)
+                except ValueError as e:
+                    ctx.report(key_node, str(e))
+                    continue
+            parsed = ctx.attempt(value, value_node)
+            if parsed is not MISSING:
+                found.append((name, parsed))
+        return tuple(found)
+
+    return parse

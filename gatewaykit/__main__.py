@@ -1,0 +1,5 @@
+"""C{python -m gatewaykit}: the same as the C{gatewaykit} console script."""
+
+from gatewaykit.cli import main
+
+raise SystemExit(main())
