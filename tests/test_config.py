@@ -903,6 +903,26 @@ class RouteTests(ConfigTestCase):
             ["gw.yaml:3:32: expected one of 301, 302, 303, 307, 308, got 200"],
         )
 
+    def test_redirect_unknown_placeholder(self) -> None:
+        """A redirect target naming an unknown placeholder is refused."""
+        self.assertEqual(
+            self.problems_with_common(
+                'routes:\n  - name: a\n    redirect: {to: "https://{hostname}/"}\n'
+            ),
+            [
+                "gw.yaml:3:20: unknown placeholder {hostname} in redirect target;"
+                " known: {scheme}, {host}, {port}, {path}, {query}, {uri}"
+            ],
+        )
+
+    def test_redirect_malformed_template(self) -> None:
+        """A redirect target with an unclosed brace is refused."""
+        problems = self.problems_with_common(
+            'routes:\n  - name: a\n    redirect: {to: "https://{host"}\n'
+        )
+        self.assertEqual(len(problems), 1)
+        self.assertIn("malformed redirect target", problems[0])
+
     def test_redirect_needs_to(self) -> None:
         """redirect needs to."""
         self.assertEqual(

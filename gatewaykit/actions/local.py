@@ -4,7 +4,6 @@ Route actions answered by the gateway itself: C{respond} and C{redirect}.
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 from zope.interface import implementer
@@ -12,17 +11,6 @@ from zope.interface import implementer
 from gatewaykit.config.model import RedirectAction, RespondAction
 from gatewaykit.http.message import Request
 from gatewaykit.interfaces import IRouteAction
-
-# Placeholders a redirect's C{to} may use.
-REDIRECT_PLACEHOLDERS = ("scheme", "host", "port", "path", "query", "uri")
-
-
-def redirect_placeholders(template: str) -> set[str]:
-    """The placeholder names C{template} uses; raises C{ValueError} if malformed."""
-    return {
-        field for _, field, _, _ in string.Formatter().parse(template) if field is not None
-    }
-
 
 @implementer(IRouteAction)
 class Respond:

@@ -318,7 +318,9 @@ ROUTE = Section(
         ).into(StaticAction),
         "redirect": Section(
             {
-                "to": Key(text(expected="a URL"), required=True),
+                "to": Key(
+                    converted(RedirectAction.check_template, "a URL"), required=True
+                ),
                 "status": integer(choices=(301, 302, 303, 307, 308)),
             }
         ).into(RedirectAction),

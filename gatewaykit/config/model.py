@@ -173,6 +173,25 @@ class RedirectAction:
     to: str
     status: int = 302
 
+    PLACEHOLDERS = ("scheme", "host", "port", "path", "query", "uri")
+
+    @classmethod
+    def check_template(cls, to: str) -> str:
+        """Return C{to} if its C{{placeholders}} are all known, else raise C{ValueError}."""
+        import string
+
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(to) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"malformed redirect target: {exc}") from None
+        unknown = sorted(fields - set(cls.PLACEHOLDERS))
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{unknown[0]}}} in redirect target;"
+                f" known: {', '.join('{' + p + '}' for p in cls.PLACEHOLDERS)}"
+            )
+        return to
+
 
 @frozen
 class RespondAction:
