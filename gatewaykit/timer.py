@@ -14,6 +14,10 @@ from typing import Callable, Optional
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
+def _nothing() -> None:
+    pass
+
+
 class Timer:
     """
     Calls C{callback()} once the deadline set by L{set} has passed, unless
@@ -49,8 +53,12 @@ class Timer:
         self._deadline = None
 
     def cancel(self) -> None:
-        """Forget the deadline and drop the pending call (on teardown)."""
+        """
+        Forget the deadline and drop the pending call, for good: the callback
+        is released too, so an owner and its timer don't keep each other alive.
+        """
         self._deadline = None
+        self._callback = _nothing
         if self._call is not None:
             if self._call.active():
                 self._call.cancel()

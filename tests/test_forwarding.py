@@ -12,6 +12,7 @@ from gatewaykit.http.forwarding import (
     new_traceparent,
 )
 from gatewaykit.http.message import Headers, Request
+from gatewaykit.http.wire import hop_by_hop_fields
 
 VALID = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -108,6 +109,7 @@ class DownstreamFieldTests(SynchronousTestCase):
             ],
             "rid",
             b"1.1 n",
+            hop_by_hop_fields([b"close, X-Internal"]),
         )
         names = [name.lower() for name, _ in fields]
         self.assertEqual(names.count(b"set-cookie"), 2)

@@ -438,6 +438,19 @@ class BackpressureTests(SynchronousTestCase):
         producer.resumeProducing()
         self.assertEqual(exchange.client_transport.producerState, "producing")
 
+    def test_response_ending_while_paused_resumes(self):
+        """A response that ends while the client holds the upstream paused leaves it readable."""
+        gateway = proxy_harness()
+        exchange = Exchange(gateway)
+        exchange.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npart")
+        exchange.client_transport.producer.pauseProducing()
+        exchange.respond(b"rest")
+        self.assertEqual(exchange.upstream_transport.producerState, "producing")
+        client, client_transport = gateway.connect()
+        client.dataReceived(GET)
+        exchange.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz")
+        self.assertEqual(parse_response(client_transport.value()).body, b"z")
+
     def test_producer_released_after_response(self):
         """After the response no producer stays registered on the client's transport."""
         exchange = Exchange(proxy_harness())

@@ -5,13 +5,13 @@ The header fields a proxy adds and removes on each hop (SPEC section 5).
 from __future__ import annotations
 
 import ipaddress
-import os
+import random
 import re
 from typing import Iterable, Optional, Sequence
 
 from gatewaykit.config.model import Network
 from gatewaykit.http.message import Request
-from gatewaykit.http.wire import HOP_BY_HOP, connection_tokens
+from gatewaykit.http.wire import HOP_BY_HOP
 
 _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 _ZERO_TRACE = b"0" * 32
@@ -38,9 +38,14 @@ _FORWARDED_TRUSTED = frozenset(
 _REPLACED_DOWNSTREAM = frozenset({b"content-length", b"x-request-id", b"via"})
 
 
+# Ids need to be unique, not secret: the process's Mersenne Twister (seeded
+# from the OS) is much cheaper than a getrandom() call per request.
+_random_bits = random.getrandbits
+
+
 def new_request_id() -> str:
     """A random request id: 32 hex digits."""
-    return os.urandom(16).hex()
+    return "%032x" % _random_bits(128)
 
 
 def is_sane_request_id(value: bytes) -> bool:
@@ -61,7 +66,7 @@ def is_valid_traceparent(value: bytes) -> bool:
 
 def new_traceparent() -> bytes:
     """A traceparent starting a new, sampled trace."""
-    return b"00-%s-%s-01" % (os.urandom(16).hex().encode(), os.urandom(8).hex().encode())
+    return b"00-%032x-%016x-01" % (_random_bits(128) or 1, _random_bits(64) or 1)
 
 
 def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
@@ -73,12 +78,6 @@ def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(ip in network for network in trusted)
-
-
-def dropped_fields(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """Hop-by-hop fields plus every field named in C{Connection}."""
-    named = connection_tokens(v for k, v in headers if k.lower() == b"connection")
-    return HOP_BY_HOP | named if named else HOP_BY_HOP
 
 
 class UpstreamHeadBuilder:
@@ -98,7 +97,7 @@ class UpstreamHeadBuilder:
         (C{None}: keep the client's). Framing fields are added for the body.
         """
         raw = request.headers.raw
-        drop = dropped_fields(raw)
+        drop = request.hop_by_hop
         keep_forwarded = is_trusted(request.client_host, self._trusted)
         lines = [request.method.encode("ascii") + b" " + uri + b" HTTP/1.1\r\n"]
         append = lines.append
@@ -153,13 +152,15 @@ class UpstreamHeadBuilder:
 
 
 def downstream_fields(
-    upstream_fields: list[tuple[bytes, bytes]], request_id: str, via: bytes
+    upstream_fields: list[tuple[bytes, bytes]],
+    request_id: str,
+    via: bytes,
+    drop: frozenset[bytes] = HOP_BY_HOP,
 ) -> list[tuple[bytes, bytes]]:
     """
-    The response fields for the client: the upstream's minus hop-by-hop and
-    framing ones, plus X-Request-ID and Via.
+    The response fields for the client: the upstream's minus C{drop}
+    (hop-by-hop ones) and framing ones, plus X-Request-ID and Via.
     """
-    drop = dropped_fields(upstream_fields)
     fields = []
     vias = []
     for name, value in upstream_fields:

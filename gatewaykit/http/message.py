@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Iterable, Iterator, Optional, Union
 from urllib.parse import parse_qs
 
+from gatewaykit.http.wire import HOP_BY_HOP
+
 Name = Union[str, bytes]
 
 
@@ -27,7 +29,10 @@ class Headers:
     __slots__ = ("raw",)
 
     def __init__(self, raw: Optional[Iterable[tuple[bytes, bytes]]] = None) -> None:
-        self.raw: list[tuple[bytes, bytes]] = list(raw) if raw is not None else []
+        # A list given is adopted as is (the codecs hand over the one they built).
+        self.raw: list[tuple[bytes, bytes]] = (
+            raw if isinstance(raw, list) else list(raw) if raw is not None else []
+        )
 
     def get(self, name: Name, default: Optional[bytes] = None) -> Optional[bytes]:
         """The first value of C{name}, or C{default}."""
@@ -81,6 +86,8 @@ class Request:
     One client request as the router, policies and actions see it.
 
     C{server_port} is the gateway port the client connected to.
+    C{hop_by_hop} holds the lower-case names of the fields that describe the
+    client's connection (never forwarded), those named in C{Connection} too.
     C{path} is the normalised, matched path (see L{gatewaykit.routing.paths});
     C{query} is the raw query string without its C{?}. C{host} is the lower
     case host name without port, from the absolute-form target or C{Host}.
@@ -106,6 +113,7 @@ class Request:
         "chunked",
         "expect_continue",
         "received_at",
+        "hop_by_hop",
         "route",
         "_query_params",
         "_cookies",
@@ -132,6 +140,7 @@ class Request:
         chunked: bool = False,
         expect_continue: bool = False,
         received_at: float = 0.0,
+        hop_by_hop: frozenset[bytes] = HOP_BY_HOP,
     ) -> None:
         self.method = method
         self.target = target
@@ -152,6 +161,7 @@ class Request:
         self.chunked = chunked
         self.expect_continue = expect_continue
         self.received_at = received_at
+        self.hop_by_hop = hop_by_hop
         self.route = None
         self._query_params: Optional[dict[str, list[str]]] = None
         self._cookies: Optional[dict[str, str]] = None

@@ -31,6 +31,11 @@ def reason_for(status: int) -> bytes:
     return REASONS.get(status, b"Unknown")
 
 
+def hop_by_hop_fields(connection_values: Iterable[bytes]) -> frozenset[bytes]:
+    """The fields not to forward, given the values of the C{Connection} fields."""
+    return HOP_BY_HOP | connection_tokens(connection_values)
+
+
 def connection_tokens(values: Iterable[bytes]) -> set[bytes]:
     """The lower-case option names listed in C{Connection} field values."""
     tokens: set[bytes] = set()

@@ -25,7 +25,14 @@ from gatewaykit.config.model import ListenerConfig
 from gatewaykit.http.errors import GatewayError, bad_request, problem_body
 from gatewaykit.http.forwarding import is_sane_request_id, new_request_id
 from gatewaykit.http.message import Headers, Request
-from gatewaykit.http.wire import LAST_CHUNK, chunk, reason_for, serialize_fields
+from gatewaykit.http.wire import (
+    HOP_BY_HOP,
+    LAST_CHUNK,
+    chunk,
+    hop_by_hop_fields,
+    reason_for,
+    serialize_fields,
+)
 from gatewaykit.routing.paths import BadPath, normalise_path
 from gatewaykit.timer import Timer
 
@@ -61,6 +68,8 @@ class _Refused(Exception):
 class HTTP11Stream:
     """
     One request on an HTTP/1.1 connection and the response written to it.
+
+    C{lost} tells whether the client went away.
 
     Handlers (route actions) use: L{attach_body_sink}, L{pause_body},
     L{resume_body}, L{send_continue} for the request body; L{write_head},
@@ -117,6 +126,10 @@ class HTTP11Stream:
             sink.body_failed(self._body_error)
         elif self.body_done:
             sink.body_complete()
+
+    def detach_body_sink(self) -> None:
+        """Deliver no more of the request body (it is discarded)."""
+        self._sink = None
 
     def pause_body(self) -> None:
         """Stop reading the request body from the client for now."""
@@ -264,9 +277,13 @@ class HTTP11Stream:
         self.respond(error.status, fields, body)
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        if not self.lost:
-            self._producing = True
-            self._transport.registerProducer(producer, streaming)
+        if self.lost:
+            # As Twisted's transports do: a producer for a gone consumer
+            # is stopped at once, so it releases what it holds.
+            producer.stopProducing()
+            return
+        self._producing = True
+        self._transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
         if self._producing:
@@ -327,6 +344,7 @@ class HTTP11ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._timer.cancel()
         self._accepting = False
+        self._parser = None  # it holds our bound methods
         streams = list(self._streams)
         if self._current is not None and self._current not in streams:
             streams.append(self._current)
@@ -470,6 +488,7 @@ class HTTP11ServerProtocol(Protocol):
         chunked = False
         expect = False
         request_id: Optional[bytes] = None
+        connection: Optional[list[bytes]] = None
         for name, value in fields:
             lower = name.lower()
             if lower == b"host":
@@ -485,6 +504,10 @@ class HTTP11ServerProtocol(Protocol):
                 expect = True
             elif lower == b"x-request-id":
                 request_id = value
+            elif lower == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(value)
         if hosts > 1:
             raise bad_request("more than one Host field")
         if target[:1] == b"/":
@@ -549,6 +572,7 @@ class HTTP11ServerProtocol(Protocol):
             chunked=chunked,
             expect_continue=expect,
             received_at=self.factory.reactor.seconds(),
+            hop_by_hop=HOP_BY_HOP if connection is None else hop_by_hop_fields(connection),
         )
 
     def _fallback_request(self) -> Request:

@@ -14,6 +14,8 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatewaykit.http.wire import HOP_BY_HOP, hop_by_hop_fields
+
 if TYPE_CHECKING:
     from gatewaykit.upstream.pool import ConnectionPool
     from gatewaykit.upstream.target import Target
@@ -37,7 +39,7 @@ class UpstreamConnection(Protocol):
     One keep-alive connection to a target, serving one exchange at a time.
 
     The exchange (set as C{exchange} while a request is in progress) gets
-    C{response_head(status, reason, fields, content_length)},
+    C{response_head(status, reason, fields, content_length, hop_by_hop)},
     C{response_body(data)}, C{response_complete()} or
     C{upstream_failed(reason)}, and C{touch()} when the client resumes
     reading. As an C{IPushProducer} the connection stops reading from the
@@ -65,17 +67,20 @@ class UpstreamConnection(Protocol):
         self._head_received = False
         self._until_close = False
         self._head_response_end = False
+        self._paused = False
 
     # -- connection -----------------------------------------------------
 
     def connectionMade(self) -> None:
         self.open = True
         self.transport.setTcpNoDelay(True)
-        self._on_connect(self)
+        on_connect, self._on_connect = self._on_connect, None
+        on_connect(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.open = False
         self.reusable = False
+        self._parser = None  # it holds our bound methods
         self.pool.connection_lost(self)
         exchange = self.exchange
         if exchange is None:
@@ -132,10 +137,12 @@ class UpstreamConnection(Protocol):
 
     def pauseProducing(self) -> None:
         if self.open:
+            self._paused = True
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
         if self.open:
+            self._paused = False
             self.transport.resumeProducing()
             if self.exchange is not None:
                 self.exchange.touch()
@@ -166,12 +173,17 @@ class UpstreamConnection(Protocol):
             return
         content_length: Optional[int] = None
         chunked = False
+        connection: Optional[list[bytes]] = None
         for name, value in self._fields:
             lower = name.lower()
             if lower == b"content-length":
                 content_length = int(value)
             elif lower == b"transfer-encoding":
                 chunked = True
+            elif lower == b"connection":
+                if connection is None:
+                    connection = []
+                connection.append(value)
         exchange = self.exchange
         head_request = exchange.method == "HEAD"
         no_body = head_request or status in (204, 304)
@@ -180,7 +192,11 @@ class UpstreamConnection(Protocol):
             self._until_close = True
             self.reusable = False
         exchange.response_head(
-            status, self._reason, self._fields, None if chunked else content_length
+            status,
+            self._reason,
+            self._fields,
+            None if chunked else content_length,
+            HOP_BY_HOP if connection is None else hop_by_hop_fields(connection),
         )
         if head_request:
             self._head_response_end = True
@@ -200,6 +216,12 @@ class UpstreamConnection(Protocol):
         self._message_done()
 
     def _message_done(self) -> None:
+        if self._paused:
+            # The client's backpressure was for this response only; the
+            # connection must read again before it is reused (unregistering
+            # a producer does not resume it).
+            self._paused = False
+            self.transport.resumeProducing()
         exchange = self.exchange
         self.exchange = None
         self._reason = b""

@@ -31,10 +31,13 @@ class _ConnectAttempt(ClientFactory):
 
     def _connected(self, connection: UpstreamConnection) -> None:
         self.pool.connections_opened += 1
-        self.waiter.connected(connection, False)
+        waiter, self.waiter = self.waiter, None
+        waiter.connected(connection, False)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
-        self.waiter.connect_failed(reason)
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            waiter.connect_failed(reason)
 
 
 class ConnectionPool:

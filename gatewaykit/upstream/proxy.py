@@ -176,6 +176,7 @@ class ProxyExchange:
         reason: bytes,
         fields: list[tuple[bytes, bytes]],
         content_length: Optional[int],
+        hop_by_hop: frozenset[bytes],
     ) -> None:
         self._response_started = True
         self._response_timer.clear()
@@ -184,7 +185,7 @@ class ProxyExchange:
         stream = self._stream
         stream.write_head(
             status,
-            downstream_fields(fields, self._request.request_id, self._action.via),
+            downstream_fields(fields, self._request.request_id, self._action.via, hop_by_hop),
             content_length,
             reason or None,
         )
@@ -283,5 +284,8 @@ class ProxyExchange:
         self._done = True
         self._idle.cancel()
         self._response_timer.cancel()
+        # The stream no longer needs us: let both be freed by refcount.
+        self._stream.handler = None
+        self._stream.detach_body_sink()
         if self.target is not None:
             self.target.in_flight -= 1
