@@ -54,18 +54,20 @@ class AccessLog:
             self._file = None
 
     def flush(self) -> None:
+        """Write out buffered lines."""
         if self._file is not None:
             self._file.flush()
 
     def log(self, stream: Any) -> None:
         """Write the line for one finished stream."""
-        if self._file is None:
+        file = self._file
+        if file is None:
             return
         now = self._clock.seconds()
         line = self._json_line(stream, now) if self._json else self._combined_line(stream, now)
-        self._file.write(line)
-        if self._file is sys.__stdout__:
-            self._file.flush()
+        file.write(line)
+        if self.config.path == "-":
+            file.flush()
         elif not self._flusher.armed:
             self._flusher.set(FLUSH_SECONDS)
 

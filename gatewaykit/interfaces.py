@@ -35,6 +35,11 @@ class ITarget(Interface):
         "C{float}: exponentially weighted moving average of response latency "
         "in seconds (0.0 before the first response)."
     )
+    requests = Attribute("C{int}: requests sent to this target so far.")
+    failures = Attribute(
+        "C{int}: requests that failed on this target (connect errors, resets, "
+        "invalid responses) so far."
+    )
 
 
 class IBalancer(Interface):

@@ -5,10 +5,11 @@ current L{Gateway}, and drains connections on stop.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -73,10 +74,10 @@ class GatewayService(Service):
                 raise SystemExit(
                     f"gatewaykit: listener {listener.name} cannot bind "
                     f"{listener.host or '*'}:{listener.port}: {exc.socketError}"
-                )
+                ) from None
             self.factories[listener.name] = factory
             self.ports[listener.name] = port
-            address = port.getHost()
+            address = cast(IPv4Address, port.getHost())
             log.info(
                 "gatewaykit listener {name} ({protocol}) on {host}:{port}",
                 name=listener.name,
@@ -97,7 +98,7 @@ class GatewayService(Service):
 
     def port_of(self, listener: str) -> int:
         """The TCP port listener C{listener} is bound to."""
-        return self.ports[listener].getHost().port
+        return cast(IPv4Address, self.ports[listener].getHost()).port
 
     def _stop_ports(self) -> list[defer.Deferred]:
         ports, self.ports = self.ports, {}
@@ -120,11 +121,16 @@ class GatewayService(Service):
         yield self._wait_for_connections(self.config.gateway.drain_timeout)
         for factory in self.factories.values():
             for connection in list(factory.connections):
-                connection.transport.abortConnection()
+                cast(Any, connection.transport).abortConnection()
         if self.gateway is not None:
             self.gateway.close()
         if self.access_log is not None:
             self.access_log.close()
+        # twistd re-raises the signal that stopped the reactor once it has
+        # shut down, so the process would end "killed by SIGTERM". After a
+        # graceful drain the contract (like nginx) is a plain exit status 0.
+        if getattr(self.reactor, "_exitSignal", None) is not None:
+            self.reactor._exitSignal = None
 
     def _wait_for_connections(self, timeout: float) -> defer.Deferred:
         """Fires when every connection closed, or after C{timeout} seconds."""

@@ -5,7 +5,6 @@ The C{twistd gatewaykit} plugin: options and the service tree.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -47,7 +46,7 @@ def makeService(options: Options) -> IService:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        raise SystemExit(str(exc))
+        raise SystemExit(str(exc)) from None
     top = MultiService()
     if options["demo"]:
         demo_upstreams().setServiceParent(top)

@@ -8,7 +8,7 @@ raw request bytes and read the raw response without any socket.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import httptools
 from twisted.internet.address import IPv4Address
@@ -190,6 +190,7 @@ class GatewayHarness:
     ) -> tuple[HTTP11ServerProtocol, TCPStringTransport]:
         """A new client connection: the protocol and its transport."""
         protocol = self.factory.buildProtocol(None)
+        assert protocol is not None
         transport = TCPStringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
             peerAddress=IPv4Address("TCP", client, client_port),
@@ -202,7 +203,7 @@ class GatewayHarness:
         Complete the C{index}th connection attempt the gateway made to an
         upstream: the upstream-side protocol and the transport it writes to.
         """
-        factory = self.reactor.tcpClients[index][2]
+        factory: Any = self.reactor.tcpClients[index][2]
         connection = factory.buildProtocol(None)
         transport = TCPStringTransport()
         connection.makeConnection(transport)

@@ -10,7 +10,14 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gatewaykit.config.model import Limits, UpstreamTimeouts
-from gatewaykit.testing import GatewayHarness, make_config, parse_response, parse_responses, route, upstream
+from gatewaykit.testing import (
+    GatewayHarness,
+    make_config,
+    parse_response,
+    parse_responses,
+    route,
+    upstream,
+)
 
 
 def proxy_harness(limits: Limits = Limits(), **upstream_kwargs) -> GatewayHarness:

@@ -12,6 +12,7 @@ from gatewaykit.config.model import RedirectAction, RespondAction
 from gatewaykit.http.message import Request
 from gatewaykit.interfaces import IRouteAction
 
+
 @implementer(IRouteAction)
 class Respond:
     """Answer every request with a fixed status, fields and body."""

@@ -418,7 +418,7 @@ class StaticFiles:
         try:
             fd = os.open(real, _OPEN_FLAGS)
         except OSError as exc:
-            raise _open_error(exc, request_path)
+            raise _open_error(exc, request_path) from None
         try:
             return fd, os.fstat(fd)
         except BaseException:
@@ -478,7 +478,7 @@ class StaticFiles:
                     "range_not_satisfiable",
                     f"the range asked for is outside the {size} bytes of the file",
                     headers=((b"Content-Range", b"bytes */%d" % size),),
-                )
+                ) from None
             if span is not None:
                 status, (start, end) = 206, span
                 fields.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end - 1, size)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, Mapping, Optional, Union
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from attrs import frozen
 
 Report = Callable[[int, int, str], None]

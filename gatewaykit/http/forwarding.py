@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 from gatewaykit.config.model import Network
 from gatewaykit.http.message import Request

@@ -307,6 +307,9 @@ class HTTP11ServerProtocol(Protocol):
     is left.
     """
 
+    # A TCP transport: ITCPTransport, IPushProducer and IConsumer at once.
+    transport: Any
+
     def __init__(self, factory: HTTP11ServerFactory) -> None:
         self.factory = factory
         self.draining = False
@@ -344,7 +347,7 @@ class HTTP11ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._timer.cancel()
         self._accepting = False
-        self._parser = None  # it holds our bound methods
+        del self._parser  # it holds our bound methods
         streams = list(self._streams)
         if self._current is not None and self._current not in streams:
             streams.append(self._current)
@@ -457,7 +460,9 @@ class HTTP11ServerProtocol(Protocol):
         if stream is None:
             return
         if stream.body_bytes + len(body) > self._limits.max_body_bytes:
-            self._refuse(GatewayError(413, "body_too_large", "request body larger than allowed", close=True))
+            self._refuse(
+                GatewayError(413, "body_too_large", "request body larger than allowed", close=True)
+            )
         stream._body_received(body)
 
     def on_message_complete(self) -> None:
@@ -545,7 +550,7 @@ class HTTP11ServerProtocol(Protocol):
             try:
                 normal_path = normalise_path(path)
             except BadPath as exc:
-                raise bad_request(str(exc))
+                raise bad_request(str(exc)) from None
         else:
             normal_path = "*"
         if request_id is None or not is_sane_request_id(request_id):
@@ -688,7 +693,9 @@ class HTTP11ServerProtocol(Protocol):
             self.transport.abortConnection()
         elif self._in_head:
             self._parse_failed(
-                GatewayError(408, "request_timeout", "request head not received in time", close=True)
+                GatewayError(
+                    408, "request_timeout", "request head not received in time", close=True
+                )
             )
         elif not self._streams:
             self.transport.loseConnection()

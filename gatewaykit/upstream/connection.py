@@ -17,8 +17,8 @@ from zope.interface import implementer
 from gatewaykit.http.wire import HOP_BY_HOP, hop_by_hop_fields
 
 if TYPE_CHECKING:
+    from gatewaykit.interfaces import ITarget
     from gatewaykit.upstream.pool import ConnectionPool
-    from gatewaykit.upstream.target import Target
 
 # An upstream response head larger than this is refused (502), as nginx's
 # proxy_buffer_size and Envoy's max_response_headers_kb do.
@@ -46,10 +46,13 @@ class UpstreamConnection(Protocol):
     upstream while the client is slow.
     """
 
+    # A TCP transport: ITCPTransport, IPushProducer and IConsumer at once.
+    transport: Any
+
     def __init__(
         self,
         pool: ConnectionPool,
-        target: Target,
+        target: ITarget,
         on_connect: Callable[[UpstreamConnection], None],
     ) -> None:
         self.pool = pool
@@ -58,7 +61,7 @@ class UpstreamConnection(Protocol):
         self.reusable = True
         self.open = False
         self.idle_since = 0.0
-        self._on_connect = on_connect
+        self._on_connect: Optional[Callable[[UpstreamConnection], None]] = on_connect
         self._parser = httptools.HttpResponseParser(self)
         self._reason = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -75,12 +78,13 @@ class UpstreamConnection(Protocol):
         self.open = True
         self.transport.setTcpNoDelay(True)
         on_connect, self._on_connect = self._on_connect, None
-        on_connect(self)
+        if on_connect is not None:
+            on_connect(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.open = False
         self.reusable = False
-        self._parser = None  # it holds our bound methods
+        del self._parser  # it holds our bound methods
         self.pool.connection_lost(self)
         exchange = self.exchange
         if exchange is None:

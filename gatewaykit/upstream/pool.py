@@ -11,9 +11,9 @@ from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 
 from gatewaykit.config.model import UpstreamConfig
+from gatewaykit.interfaces import ITarget
 from gatewaykit.timer import Timer
 from gatewaykit.upstream.connection import UpstreamConnection
-from gatewaykit.upstream.target import Target
 
 
 class _ConnectAttempt(ClientFactory):
@@ -21,7 +21,7 @@ class _ConnectAttempt(ClientFactory):
 
     noisy = False
 
-    def __init__(self, pool: ConnectionPool, target: Target, waiter: Any) -> None:
+    def __init__(self, pool: ConnectionPool, target: ITarget, waiter: Any) -> None:
         self.pool = pool
         self.target = target
         self.waiter = waiter
@@ -54,11 +54,11 @@ class ConnectionPool:
         self._connect_timeout = config.timeouts.connect
         self._max_idle = config.pool.max_idle_per_target
         self._idle_timeout = config.pool.idle_timeout
-        self._idle: dict[Target, list[UpstreamConnection]] = {}
+        self._idle: dict[ITarget, list[UpstreamConnection]] = {}
         self._sweeper = Timer(reactor, self._sweep)
         self.connections_opened = 0
 
-    def acquire(self, target: Target, waiter: Any, fresh: bool = False) -> Optional[IConnector]:
+    def acquire(self, target: ITarget, waiter: Any, fresh: bool = False) -> Optional[IConnector]:
         """
         Get a connection to C{target} for C{waiter}; C{fresh} skips idle ones.
 
@@ -101,7 +101,7 @@ class ConnectionPool:
         if idle and connection in idle:
             idle.remove(connection)
 
-    def idle_count(self, target: Target) -> int:
+    def idle_count(self, target: ITarget) -> int:
         """How many idle connections to C{target} are kept."""
         return len(self._idle.get(target, ()))
 

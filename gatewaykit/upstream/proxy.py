@@ -15,14 +15,16 @@ from gatewaykit.http.errors import GatewayError
 from gatewaykit.http.forwarding import UpstreamHeadBuilder, downstream_fields
 from gatewaykit.http.message import Request
 from gatewaykit.http.wire import LAST_CHUNK, chunk
+from gatewaykit.interfaces import IRouteAction
+from gatewaykit.timer import Timer
 from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.connection import InvalidResponse, UpstreamConnection
-from gatewaykit.timer import Timer
 
 # Methods a stale pooled connection may be retried for (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
+@implementer(IRouteAction)
 class ProxyAction:
     """The C{upstream} route action: proxy each request to C{upstream}."""
 
@@ -83,7 +85,9 @@ class ProxyExchange:
         if target is None:
             self._done = True
             stream.send_error(
-                GatewayError(503, "no_healthy_upstream", f"no target of {upstream.name} is available")
+                GatewayError(
+                    503, "no_healthy_upstream", f"no target of {upstream.name} is available"
+                )
             )
             return
         self.target = target
