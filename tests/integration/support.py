@@ -1,0 +1,772 @@
+"""
+Pieces the end-to-end tests share: a real C{twistd gatewaykit} process,
+upstream servers in the test process, clients (curl and raw TCP) and
+waiting for conditions.
+
+Every piece registers its own cleanup with the test case that made it, so a
+failing test still leaves no process, port or connection behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Optional
+from urllib.parse import parse_qs
+
+import yaml
+from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ProcessDone, ProcessExitedAlready
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.protocols.basic import FileSender
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NODE = "it-node"
+_CURL = shutil.which("curl") or "curl"
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+# The return type of an C{inlineCallbacks} generator.
+Steps = Generator[Any, Any, Any]
+
+_LISTENER_LINE = re.compile(r"gatewaykit listener (\S+) \((\w+)\) on (\S+):(\d+)")
+
+
+class WaitTimeout(Exception):
+    """A condition did not come true in time."""
+
+
+class Event:
+    """Something that happens once, which any number of callers can wait for."""
+
+    def __init__(self) -> None:
+        self.happened = False
+        self.value: Any = None
+        self._waiters: list[defer.Deferred] = []
+
+    def fire(self, value: Any = None) -> None:
+        self.happened = True
+        self.value = value
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.callback(value)
+
+    def wait(self) -> defer.Deferred:
+        """A new Deferred firing with the value once it happened."""
+        if self.happened:
+            return defer.succeed(self.value)
+        waiter: defer.Deferred = defer.Deferred()
+        self._waiters.append(waiter)
+        return waiter
+
+
+@defer.inlineCallbacks
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "",
+) -> Any:
+    """
+    Poll C{predicate} until it returns something true; fire with that.
+
+    @raise WaitTimeout: after C{timeout} seconds.
+    """
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if reactor.seconds() >= deadline:
+            raise WaitTimeout(f"waited {timeout:g}s for {what or predicate!r}")
+        yield task.deferLater(reactor, interval, lambda: None)
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    """Let C{seconds} pass on the reactor (for behaviour that *is* about time)."""
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def sha256_of(path: str) -> str:
+    """The hex SHA-256 of a file's content, read in pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(MiB), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def random_file(test_case: TestCase, size: int) -> str:
+    """A new file of C{size} random bytes; its path."""
+    path = os.path.abspath(test_case.mktemp())
+    with open(path, "wb") as f:
+        for offset in range(0, size, MiB):
+            f.write(os.urandom(min(MiB, size - offset)))
+    return path
+
+
+# -- configuration ------------------------------------------------------------
+
+PING_ROUTE = {
+    "name": "ping",
+    "match": {"path": "/ping"},
+    "respond": {"status": 200, "body": "pong\n"},
+}
+
+
+def proxy_config(
+    upstream_port: int,
+    limits: Optional[dict] = None,
+    timeouts: Optional[dict] = None,
+    routes: tuple[dict, ...] = (),
+    drain_timeout: str = "10s",
+) -> dict:
+    """
+    A config with listener C{web} on an OS-chosen port proxying every path
+    to upstream C{app} (on C{upstream_port}); C{routes} come first.
+    """
+    return {
+        "gateway": {
+            "node": NODE,
+            "access_log": {"path": "off"},
+            "drain_timeout": drain_timeout,
+            "limits": dict(limits or {}),
+        },
+        "listeners": {"web": {"protocol": "http", "bind": "127.0.0.1:0"}},
+        "upstreams": {
+            "app": {
+                "targets": [f"127.0.0.1:{upstream_port}"],
+                "timeouts": {"connect": "1s", "response": "5s", **(timeouts or {})},
+            }
+        },
+        "routes": [*routes, {"name": "all", "match": {"path_prefix": "/"}, "upstream": "app"}],
+    }
+
+
+# -- the gateway process --------------------------------------------------------
+
+
+class GatewayProcess(ProcessProtocol):
+    """
+    C{twistd -n gatewaykit --config PATH} as a child process.
+
+    @ivar output: everything the process wrote so far (stdout and stderr).
+    @ivar exit_code: the exit code once it ended (C{None} if killed by a signal).
+    """
+
+    def __init__(
+        self,
+        test_case: TestCase,
+        config: Any,
+        listeners: tuple[str, ...] = ("web",),
+    ) -> None:
+        self._test_case = test_case
+        self._listeners = listeners
+        self._config = config if isinstance(config, str) else yaml.safe_dump(config)
+        self._ports: dict[str, int] = {}
+        self._chunks: list[str] = []
+        self._ready: Optional[defer.Deferred] = None
+        self._ended = Event()
+        self.running = False
+        self.pid: Optional[int] = None
+        self._process: Any = None
+        self.exit_code: Optional[int] = None
+        self.exit_signal: Optional[int] = None
+
+    @property
+    def output(self) -> str:
+        return "".join(self._chunks)
+
+    def port(self, listener: str = "web") -> int:
+        """The port the OS gave listener C{listener}."""
+        return self._ports[listener]
+
+    def url(self, path: str, listener: str = "web") -> str:
+        """An C{http://} URL for C{path} on C{listener}."""
+        return f"http://127.0.0.1:{self.port(listener)}{path}"
+
+    def start(self, timeout: float = 15.0) -> defer.Deferred:
+        """
+        Write the config, spawn twistd and fire with C{self} once every
+        listener logged its address.
+        """
+        directory = os.path.abspath(self._test_case.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, "gateway.yaml")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self._config)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        args = [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            "gatewaykit",
+            "--config",
+            path,
+        ]
+        self._ready = defer.Deferred()
+        self._test_case.addCleanup(self._kill)
+        self._process = reactor.spawnProcess(self, sys.executable, args, env=env, path=directory)
+        self._process.closeStdin()
+        self.running = True
+        self.pid = self._process.pid
+        ready = self._ready
+        ready.addTimeout(timeout, reactor)
+        ready.addErrback(self._not_ready, timeout)
+        return ready
+
+    def _not_ready(self, reason: Failure, timeout: float) -> Failure:
+        if reason.check(defer.TimeoutError):
+            raise WaitTimeout(
+                f"gateway listeners not up within {timeout:g}s; output:\n{self.output}"
+            )
+        return reason
+
+    def rss_bytes(self) -> int:
+        """The process's resident set size (VmRSS)."""
+        with open(f"/proc/{self.pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise ValueError(f"no VmRSS for process {self.pid}")
+
+    def signal(self, name: str) -> None:
+        """Send signal C{name} (e.g. C{"TERM"}) to the process."""
+        self._process.signalProcess(name)
+
+    def ended(self) -> defer.Deferred:
+        """Fires with the exit code when the process ends."""
+        return self._ended.wait()
+
+    def stop(self, timeout: float = 30.0) -> defer.Deferred:
+        """SIGTERM; fires with the exit code (killed after C{timeout} seconds)."""
+        if self.running:
+            self.signal("TERM")
+        done = self.ended()
+        done.addTimeout(timeout, reactor)
+        return done
+
+    def _kill(self) -> defer.Deferred:
+        if not self.running:
+            return defer.succeed(None)
+        try:
+            self._process.signalProcess("KILL")
+        except ProcessExitedAlready:
+            pass
+        return self.ended()
+
+    # -- ProcessProtocol ------------------------------------------------
+
+    def outReceived(self, data: bytes) -> None:
+        self._received(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
+        self._chunks.append(data.decode("utf-8", "replace"))
+        if self._ready is None or self._ready.called:
+            return
+        # A line may arrive in pieces, so search everything so far.
+        for match in _LISTENER_LINE.finditer(self.output):
+            self._ports[match.group(1)] = int(match.group(4))
+        if all(name in self._ports for name in self._listeners):
+            self._ready.callback(self)
+
+    def processEnded(self, reason: Failure) -> None:
+        self.running = False
+        if reason.check(ProcessDone):
+            self.exit_code = 0
+        else:
+            self.exit_code = reason.value.exitCode
+            self.exit_signal = reason.value.signal
+        if self._ready is not None and not self._ready.called:
+            self._ready.errback(
+                RuntimeError(
+                    f"gateway exited ({self.exit_code}, signal {self.exit_signal}) "
+                    f"before listening; output:\n{self.output}"
+                )
+            )
+        self._ended.fire(self.exit_code)
+
+
+class RssSampler:
+    """Samples a process's RSS every C{interval} seconds while running."""
+
+    def __init__(self, gateway: GatewayProcess, interval: float = 0.1) -> None:
+        self._gateway = gateway
+        self.samples: list[int] = []
+        self._loop = task.LoopingCall(self._sample)
+        self._interval = interval
+
+    def _sample(self) -> None:
+        self.samples.append(self._gateway.rss_bytes())
+
+    def start(self, test_case: TestCase) -> None:
+        test_case.addCleanup(self.stop)
+        self._loop.start(self._interval, now=True)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+            self._sample()
+
+
+# -- the upstream side -------------------------------------------------------
+
+
+_PIECE = b"x" * (64 * KiB)
+
+
+@implementer(IPushProducer)
+class ByteStream:
+    """
+    Writes C{total} bytes to a request in 64 KiB pieces while not paused.
+
+    @ivar written: bytes handed to the transport so far.
+    @ivar paused: whether the consumer has us paused right now.
+    @ivar pauses: how many times we were paused.
+    """
+
+    def __init__(self, request: Any, total: int) -> None:
+        self._request = request
+        self._remaining = total
+        self.total = total
+        self.written = 0
+        self.paused = False
+        self.pauses = 0
+        self.done = False
+
+    def start(self) -> None:
+        request = self._request
+        request.setHeader(b"content-type", b"application/octet-stream")
+        request.setHeader(b"content-length", b"%d" % self.total)
+        request.notifyFinish().addErrback(lambda _: self.stopProducing())
+        request.registerProducer(self, True)
+        reactor.callLater(0, self._produce)
+
+    def _produce(self) -> None:
+        # The transport calls pauseProducing synchronously from write() once
+        # its buffer is over 64 KiB, which ends this loop.
+        while not self.paused and not self.done and self._remaining:
+            size = min(len(_PIECE), self._remaining)
+            self._remaining -= size
+            self.written += size
+            self._request.write(_PIECE if size == len(_PIECE) else _PIECE[:size])
+        if not self._remaining and not self.done:
+            self.done = True
+            self._request.unregisterProducer()
+            self._request.finish()
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.pauses += 1
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._produce()
+
+    def stopProducing(self) -> None:
+        self.done = True
+
+
+class _UpstreamResource(Resource):
+    """The upstream's endpoints, by path."""
+
+    isLeaf = True
+
+    def __init__(self, server: UpstreamServer) -> None:
+        super().__init__()
+        self._server = server
+
+    def render(self, request: Any) -> Any:
+        self._server.requests += 1
+        name = request.path.decode("ascii").strip("/")
+        endpoint = getattr(self, "render_" + name, None) if name.isidentifier() else None
+        if endpoint is None:
+            request.setResponseCode(404)
+            return b"no such endpoint\n"
+        return endpoint(request)
+
+    def _arg(self, request: Any, name: str, default: int) -> int:
+        query = parse_qs(request.uri.partition(b"?")[2].decode("ascii"))
+        return int(query.get(name, [default])[0])
+
+    def render_headers(self, request: Any) -> bytes:
+        """What the upstream received: method, URI and raw header fields."""
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(
+            {
+                "method": request.method.decode("ascii"),
+                "uri": request.uri.decode("latin-1"),
+                "headers": [
+                    [name.decode("latin-1"), value.decode("latin-1")]
+                    for name, values in request.requestHeaders.getAllRawHeaders()
+                    for value in values
+                ],
+            }
+        ).encode("utf-8")
+
+    def render_echo(self, request: Any) -> Any:
+        """The request body, streamed back from twisted.web's temporary file."""
+        content = request.content
+        content.seek(0, os.SEEK_END)
+        request.setHeader(b"content-length", b"%d" % content.tell())
+        request.setHeader(b"content-type", b"application/octet-stream")
+        content.seek(0)
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+
+        def sent(_: Any) -> None:
+            if not gone:
+                request.finish()
+
+        FileSender().beginFileTransfer(content, request).addCallbacks(sent, lambda _: None)
+        return NOT_DONE_YET
+
+    def render_bytes(self, request: Any) -> Any:
+        """C{n} bytes from a L{ByteStream}."""
+        stream = ByteStream(request, self._arg(request, "n", 0))
+        self._server.streams.append(stream)
+        stream.start()
+        return NOT_DONE_YET
+
+    def render_slow(self, request: Any) -> Any:
+        """A short answer after C{ms} milliseconds."""
+        call = reactor.callLater(self._arg(request, "ms", 1000) / 1000, _finish, request)
+
+        def cancel(_: Failure) -> None:
+            if call.active():
+                call.cancel()
+
+        request.notifyFinish().addErrback(cancel)
+        return NOT_DONE_YET
+
+    def render_hang(self, request: Any) -> Any:
+        """No answer, ever."""
+        return NOT_DONE_YET
+
+
+def _finish(request: Any) -> None:
+    request.setHeader(b"content-type", b"text/plain")
+    request.write(b"slow done\n")
+    request.finish()
+
+
+class _Channel(HTTPChannel):
+    on_lost: Callable[[_Channel], None]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.on_lost(self)
+
+
+class UpstreamServer(Site):
+    """
+    A twisted.web upstream on 127.0.0.1, port chosen by the OS.
+
+    Endpoints: C{POST /echo}, C{GET /bytes?n=N}, C{/headers},
+    C{/slow?ms=N}, C{/hang}.
+
+    @ivar connections_accepted: connections accepted so far.
+    @ivar requests: requests received so far.
+    @ivar streams: the L{ByteStream}s of C{/bytes} requests, in order.
+    """
+
+    protocol = _Channel  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__(_UpstreamResource(self), timeout=None)
+        self.noisy = False
+        self.connections_accepted = 0
+        self.requests = 0
+        self.streams: list[ByteStream] = []
+        self.channels: set[_Channel] = set()
+        self._port: Any = None
+
+    @property
+    def port(self) -> int:
+        return self._port.getHost().port
+
+    def listen(self, test_case: TestCase) -> UpstreamServer:
+        self._port = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[arg-type]
+        test_case.addCleanup(self.stop)
+        return self
+
+    def buildProtocol(self, addr: Any) -> Any:
+        self.connections_accepted += 1
+        channel = super().buildProtocol(addr)
+        channel.on_lost = self.channels.discard
+        self.channels.add(channel)
+        return channel
+
+    def log(self, request: Any) -> None:
+        pass
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening and drop every open connection."""
+        port, self._port = self._port, None
+        if port is not None:
+            yield port.stopListening()
+        for channel in list(self.channels):
+            _abort(channel.transport)
+        yield wait_for(lambda: not self.channels, what="upstream connections to close")
+
+
+def start_upstream(test_case: TestCase) -> UpstreamServer:
+    """A listening L{UpstreamServer}, stopped on cleanup."""
+    return UpstreamServer().listen(test_case)
+
+
+def _abort(transport: Any) -> None:
+    transport.abortConnection()
+
+
+# -- clients ---------------------------------------------------------------------
+
+
+def _split_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    fields = []
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            fields.append((name.strip(), value.strip()))
+    return status, fields
+
+
+@dataclass
+class Response:
+    """A response as a client saw it."""
+
+    status: int
+    fields: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> Optional[str]:
+        """The value of the last field named C{name}, if any."""
+        values = self.headers(name)
+        return values[-1] if values else None
+
+    def headers(self, name: str) -> list[str]:
+        """Every value of the fields named C{name}."""
+        return [v for n, v in self.fields if n.lower() == name.lower()]
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def parse_response(data: bytes) -> Response:
+    """A whole response (head and Content-Length body) from raw bytes."""
+    head, separator, body = data.partition(b"\r\n\r\n")
+    if not separator:
+        raise ValueError(f"no complete response head in {data[:200]!r}")
+    status, fields = _split_head(head)
+    return Response(status, fields, body)
+
+
+class _Collector(ProcessProtocol):
+    """Collects a child's output; C{ended} fires with C{(stdout, stderr, code)}."""
+
+    def __init__(self) -> None:
+        self._out: list[bytes] = []
+        self._err: list[bytes] = []
+        self.ended = Event()
+        self.process: Any = None
+
+    def outReceived(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def errReceived(self, data: bytes) -> None:
+        self._err.append(data)
+
+    def processEnded(self, reason: Failure) -> None:
+        code = 0 if reason.check(ProcessDone) else reason.value.exitCode
+        self.ended.fire((b"".join(self._out), b"".join(self._err), code))
+
+    def kill(self) -> defer.Deferred:
+        if not self.ended.happened:
+            try:
+                self.process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+        return self.ended.wait()
+
+
+def run_curl(test_case: TestCase, *args: str, max_time: float = 60.0) -> defer.Deferred:
+    """
+    Run curl quietly with C{args} (killed on cleanup if still running);
+    fires with C{(stdout, stderr, exit code)}.
+    """
+    collector = _Collector()
+    argv = ["curl", "-sS", "--noproxy", "*", "--max-time", f"{max_time:g}", *args]
+    collector.process = reactor.spawnProcess(collector, _CURL, argv, env=dict(os.environ))
+    test_case.addCleanup(collector.kill)
+    return collector.ended.wait()
+
+
+@dataclass
+class CurlResult(Response):
+    """A response curl received; the body is in C{body_path}."""
+
+    size_download: int = 0
+    body_path: str = ""
+
+
+@defer.inlineCallbacks
+def curl(
+    test_case: TestCase,
+    url: str,
+    *options: str,
+    output: Optional[str] = None,
+    max_time: float = 60.0,
+) -> Any:
+    """
+    Fetch C{url} with curl and C{options}; fire with a L{CurlResult}.
+
+    The body goes to a temporary file (read into C{body} when under 1 MiB),
+    or to C{output} when given (e.g. C{/dev/null}).
+    """
+    base = os.path.abspath(test_case.mktemp())
+    head_path = base + ".head"
+    body_path = output or base + ".body"
+    out, err, code = yield run_curl(
+        test_case,
+        "-D",
+        head_path,
+        "-o",
+        body_path,
+        "-w",
+        "%{http_code} %{size_download}",
+        *options,
+        url,
+        max_time=max_time,
+    )
+    if code != 0:
+        raise AssertionError(f"curl {url} failed ({code}): {err.decode(errors='replace')}")
+    with open(head_path, "rb") as f:
+        heads = [h for h in f.read().split(b"\r\n\r\n") if h.strip()]
+    # Interim responses (100 Continue) come first; the final head is last.
+    status, fields = _split_head(heads[-1])
+    body = b""
+    if output is None and os.path.getsize(body_path) < MiB:
+        with open(body_path, "rb") as f:
+            body = f.read()
+    size = int(out.split()[1])
+    return CurlResult(status, fields, body, size_download=size, body_path=body_path)
+
+
+class RawClient(Protocol):
+    """
+    A TCP client that counts what it receives and keeps the first bytes.
+
+    @ivar received: bytes received so far.
+    @ivar data: the first C{keep} bytes received.
+    """
+
+    def __init__(self, keep: int = 256 * KiB) -> None:
+        self.received = 0
+        self.data = b""
+        self._keep = keep
+        self._closed = Event()
+        self._tcp: Any = None
+        self.open = False
+
+    def connectionMade(self) -> None:
+        self.open = True
+        self._tcp = self.transport
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if len(self.data) < self._keep:
+            self.data += data[: self._keep - len(self.data)]
+
+    @property
+    def lost(self) -> bool:
+        """Whether the connection is gone."""
+        return self._closed.happened
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.open = False
+        self._closed.fire(self)
+
+    def send(self, data: bytes) -> None:
+        self._tcp.write(data)
+
+    def pause_reading(self) -> None:
+        """Stop reading: the kernel buffers fill and the sender must wait."""
+        self._tcp.pauseProducing()
+
+    def resume_reading(self) -> None:
+        self._tcp.resumeProducing()
+
+    def head_length(self) -> int:
+        """Bytes of the response head (0 until it has all arrived)."""
+        end = self.data.find(b"\r\n\r\n")
+        return 0 if end == -1 else end + 4
+
+    def response(self) -> Response:
+        return parse_response(self.data)
+
+    def when_closed(self) -> defer.Deferred:
+        """A new Deferred firing with C{self} once the connection is lost."""
+        return self._closed.wait()
+
+    def close(self) -> defer.Deferred:
+        """Drop the connection; fires once it is gone."""
+        if self.open:
+            _abort(self._tcp)
+        return self.when_closed()
+
+
+@defer.inlineCallbacks
+def connect_raw(test_case: TestCase, port: int) -> Any:
+    """A L{RawClient} connected to 127.0.0.1:C{port}, closed on cleanup."""
+    client = RawClient()
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+    test_case.addCleanup(client.close)
+    return client
+
+
+class GatewayTestCase(TestCase):
+    """Base for the end-to-end tests: starts upstreams and gateways."""
+
+    timeout = 120
+
+    def start_upstream(self) -> UpstreamServer:
+        return start_upstream(self)
+
+    def start_gateway(self, config: Any, listeners: tuple[str, ...] = ("web",)) -> defer.Deferred:
+        """A running L{GatewayProcess} for C{config} (a dict or YAML text)."""
+        return GatewayProcess(self, config, listeners).start()
+
+    @defer.inlineCallbacks
+    def start_proxy(self, **config: Any) -> Any:
+        """
+        An upstream and a gateway proxying to it (L{proxy_config} with
+        C{config}); fires with C{(gateway, upstream)}.
+        """
+        upstream = self.start_upstream()
+        gateway = yield self.start_gateway(proxy_config(upstream.port, **config))
+        return gateway, upstream
