@@ -47,6 +47,7 @@ class Gateway:
         self.config = config
         self.reactor = reactor
         self.limits = config.gateway.limits
+        self.trusted_proxies = config.gateway.trusted_proxies
         self.node = config.gateway.node
         self.via = b"1.1 " + self.node.encode("ascii", "replace")
         self.access_log = access_log
@@ -57,7 +58,7 @@ class Gateway:
         }
         self._head_builder = UpstreamHeadBuilder(self.node, config.gateway.trusted_proxies)
         entries: dict[str, list[tuple[RouteConfig, Route]]] = {
-            name: [] for name in config.listeners
+            name: [] for name, listener in config.listeners.items() if listener.protocol == "http"
         }
         for route_config in config.routes:
             route = Route(route_config, self._action(route_config))
@@ -121,7 +122,12 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.log(stream)
 
+    def start(self) -> None:
+        """Start what runs in the background (health checks)."""
+        for upstream in self.upstreams.values():
+            upstream.start()
+
     def close(self) -> None:
-        """Release what this version holds (idle upstream connections)."""
+        """Stop background work and release idle upstream connections."""
         for upstream in self.upstreams.values():
             upstream.close()

@@ -35,6 +35,8 @@ class ITarget(Interface):
         "C{float}: exponentially weighted moving average of response latency "
         "in seconds (0.0 before the first response)."
     )
+    healthy = Attribute("C{bool}: whether active health checks pass (C{True} without checks).")
+    ejected = Attribute("C{bool}: whether passive outlier detection has ejected it for now.")
     requests = Attribute("C{int}: requests sent to this target so far.")
     failures = Attribute(
         "C{int}: requests that failed on this target (connect errors, resets, "

@@ -39,7 +39,7 @@ class GatewayService(Service):
         self.reactor = reactor
         self.gateway: Optional[Gateway] = None
         self.access_log: Optional[AccessLog] = None
-        self.factories: dict[str, HTTP11ServerFactory] = {}
+        self.factories: dict[str, Any] = {}  # HTTP11ServerFactory or TCPProxyFactory
         self.ports: dict[str, IListeningPort] = {}
         self._listening = False
 
@@ -66,7 +66,7 @@ class GatewayService(Service):
             self.access_log = AccessLog(config.gateway.access_log, self.reactor)
         self.gateway = Gateway(config, self.reactor, self.access_log)
         for listener in config.listeners.values():
-            factory = HTTP11ServerFactory(listener, self.gateway, self.reactor)
+            factory = self._factory(listener, self.gateway)
             try:
                 port = self._bind(listener, factory)
             except CannotListenError as exc:
@@ -85,8 +85,17 @@ class GatewayService(Service):
                 host=address.host,
                 port=address.port,
             )
+        self.gateway.start()
 
-    def _bind(self, listener: ListenerConfig, factory: HTTP11ServerFactory) -> IListeningPort:
+    def _factory(self, listener: ListenerConfig, gateway: Gateway) -> Any:
+        """The protocol factory serving C{listener}."""
+        if listener.protocol == "tcp":
+            from gatewaykit.tunnel.tcp import TCPProxyFactory
+
+            return TCPProxyFactory(listener, gateway, self.reactor)
+        return HTTP11ServerFactory(listener, gateway, self.reactor)
+
+    def _bind(self, listener: ListenerConfig, factory: Any) -> IListeningPort:
         interface = listener.host or "::"
         try:
             return self.reactor.listenTCP(listener.port, factory, backlog=1024, interface=interface)

@@ -25,15 +25,20 @@ from gatewaykit.config import (
 )
 from gatewaykit.config.model import (
     AccessLogConfig,
+    CircuitBreakerConfig,
     Condition,
     Config,
     GatewayConfig,
+    HashKey,
+    HealthCheckConfig,
     Limits,
     ListenerConfig,
     Match,
+    OutlierConfig,
     PoolConfig,
     RedirectAction,
     RespondAction,
+    RetryConfig,
     RouteConfig,
     StaticAction,
     TargetConfig,
@@ -573,7 +578,7 @@ class ListenerTests(ConfigTestCase):
         """A protocol from the spec not implemented yet says so."""
         self.assertEqual(
             self.problems("listeners:\n  tls: {protocol: https, bind: ':443'}\n"),
-            ["gw.yaml:2:19: protocol 'https' is not supported yet; supported: http"],
+            ["gw.yaml:2:19: protocol 'https' is not supported yet; supported: http, tcp"],
         )
 
     def test_unknown_protocol(self) -> None:
@@ -581,7 +586,7 @@ class ListenerTests(ConfigTestCase):
         self.assertEqual(
             self.problems("listeners:\n  x: {protocol: htp, bind: ':80'}\n"),
             [
-                "gw.yaml:2:17: unknown protocol 'htp'; expected one of: http;"
+                "gw.yaml:2:17: unknown protocol 'htp'; expected one of: http, tcp;"
                 " did you mean 'http'?"
             ],
         )
@@ -1271,3 +1276,170 @@ class LoadConfigTests(ConfigTestCase):
             f.write(b"gateway:\n  node: \xff\n")
         e = self.assertRaises(ConfigError, load_config, path, {})
         self.assertEqual(str(e), f"{path}:2:9: the file is not valid UTF-8")
+
+
+class ResilienceConfigTests(ConfigTestCase):
+    """hash_key, health, outlier, retries and circuit_breaker on upstreams."""
+
+    def upstream(self, body: str) -> Any:
+        config = self.parse(
+            "upstreams:\n  u:\n    targets: ['127.0.0.1:1']\n" + textwrap.indent(body, "    ")
+        )
+        return config.upstreams["u"]
+
+    def upstream_problems(self, body: str) -> list[str]:
+        return self.problems(
+            "upstreams:\n  u:\n    targets: ['127.0.0.1:1']\n" + textwrap.indent(body, "    ")
+        )
+
+    def test_defaults(self) -> None:
+        """Without the keys: no checks, no ejection, one retry on connect failure."""
+        upstream = self.upstream("")
+        self.assertIsNone(upstream.health)
+        self.assertIsNone(upstream.outlier)
+        self.assertEqual(upstream.retries, RetryConfig(attempts=1, on=("connect_failure",)))
+        self.assertEqual(upstream.circuit_breaker, CircuitBreakerConfig(1024, 1024))
+        self.assertEqual(upstream.hash_key, HashKey("ip"))
+
+    def test_hash_key_forms(self) -> None:
+        """hash_key takes ip, path, header:NAME, cookie:NAME and query:NAME."""
+        self.assertEqual(self.upstream("hash_key: 'cookie:sid'\n").hash_key, HashKey("cookie", "sid"))
+        self.assertEqual(self.upstream("hash_key: 'header:X-U'\n").hash_key, HashKey("header", "x-u"))
+        self.assertEqual(self.upstream("hash_key: path\n").hash_key, HashKey("path"))
+
+    def test_hash_key_unknown(self) -> None:
+        """An unknown hash key kind is an error at the value."""
+        self.assertEqual(
+            self.upstream_problems("hash_key: body\n"),
+            [
+                "gw.yaml:4:15: unknown hash key 'body'; expected ip, path, header:NAME,"
+                " cookie:NAME or query:NAME"
+            ],
+        )
+
+    def test_http_health(self) -> None:
+        """An HTTP health check with every key."""
+        health = self.upstream(
+            "health: {path: /hz, interval: 2s, timeout: 500ms, healthy_threshold: 1,"
+            " unhealthy_threshold: 4, expect_status: [200, '300-302']}\n"
+        ).health
+        self.assertEqual(
+            health,
+            HealthCheckConfig("/hz", False, 2.0, 0.5, 1, 4, ((200, 200), (300, 302))),
+        )
+        self.assertTrue(health.expects(301))
+        self.assertFalse(health.expects(204))
+
+    def test_health_needs_one_kind(self) -> None:
+        """A health check is either path or tcp, not both nor neither."""
+        self.assertEqual(
+            self.upstream_problems("health: {path: /x, tcp: true}\n"),
+            ["gw.yaml:4:13: a health check needs exactly one of path: /PATH or tcp: true"],
+        )
+        self.assertEqual(
+            self.upstream_problems("health: {interval: 1s}\n"),
+            ["gw.yaml:4:13: a health check needs exactly one of path: /PATH or tcp: true"],
+        )
+
+    def test_expect_status_range(self) -> None:
+        """A reversed status range is an error."""
+        self.assertEqual(
+            self.upstream_problems("health: {path: /x, expect_status: '399-200'}\n"),
+            ["gw.yaml:4:39: expected statuses from 100 to 599, low to high; got '399-200'"],
+        )
+
+    def test_retries(self) -> None:
+        """retries with conditions and statuses."""
+        retries = self.upstream(
+            "retries: {attempts: 3, on: [reset, timeout, 503], per_try_timeout: 1s,"
+            " budget_percent: 10}\n"
+        ).retries
+        self.assertEqual(retries, RetryConfig(3, ("reset", "timeout", 503), 1.0, 10.0))
+
+    def test_retry_condition_unknown(self) -> None:
+        """An unknown retry condition gets a hint; a status that is not 5xx is refused."""
+        self.assertEqual(
+            self.upstream_problems("retries: {on: [rest, 404]}\n"),
+            [
+                "gw.yaml:4:20: unknown retry condition 'rest'; expected connect_failure,"
+                " reset, timeout or a 5xx status; did you mean 'reset'?",
+                "gw.yaml:4:26: expected connect_failure, reset, timeout or a 5xx status,"
+                " got 404",
+            ],
+        )
+
+    def test_outlier(self) -> None:
+        """outlier keys and their defaults."""
+        outlier = self.upstream("outlier: {consecutive_failures: 2}\n").outlier
+        self.assertEqual(outlier, OutlierConfig(2, 30.0, 50))
+
+    def test_outlier_percent_bounds(self) -> None:
+        """max_ejected_percent is 0 to 100."""
+        self.assertEqual(
+            self.upstream_problems("outlier: {max_ejected_percent: 150}\n"),
+            ["gw.yaml:4:36: expected an integer from 0 to 100, got 150"],
+        )
+
+    def test_circuit_breaker(self) -> None:
+        """circuit_breaker limits."""
+        breaker = self.upstream("circuit_breaker: {max_requests: 5, max_pending: 2}\n")
+        self.assertEqual(breaker.circuit_breaker, CircuitBreakerConfig(5, 2))
+
+
+class TCPListenerConfigTests(ConfigTestCase):
+    """Listeners with protocol tcp."""
+
+    UPSTREAMS = "upstreams:\n  users: {targets: ['127.0.0.1:9001']}\n"
+
+    def test_tcp_listener(self) -> None:
+        """A tcp listener names its upstream and may set idle_timeout."""
+        config = self.parse(
+            "listeners:\n  db: {protocol: tcp, bind: ':5433', upstream: users, idle_timeout: 5m}\n"
+            + self.UPSTREAMS
+        )
+        self.assertEqual(
+            config.listeners["db"],
+            ListenerConfig("db", "tcp", "", 5433, upstream="users", idle_timeout=300.0),
+        )
+
+    def test_tcp_needs_upstream(self) -> None:
+        """A tcp listener without an upstream is an error."""
+        self.assertEqual(
+            self.problems("listeners:\n  db: {protocol: tcp, bind: ':5433'}\n"),
+            ["gw.yaml:2:7: tcp listener 'db' needs an upstream: NAME"],
+        )
+
+    def test_upstream_only_for_tcp(self) -> None:
+        """An http listener does not take upstream."""
+        self.assertEqual(
+            self.problems(
+                "listeners:\n  w: {protocol: http, bind: ':81', upstream: users}\n"
+                + self.UPSTREAMS
+            ),
+            ["gw.yaml:2:36: 'upstream' is only for tcp listeners"],
+        )
+
+    def test_route_on_tcp_listener(self) -> None:
+        """A route cannot serve a tcp listener."""
+        problems = self.problems(
+            "listeners:\n  db: {protocol: tcp, bind: ':5433', upstream: users}\n"
+            + self.UPSTREAMS
+            + "routes:\n  - {name: r, upstream: users, listeners: [db]}\n"
+        )
+        self.assertEqual(
+            problems,
+            [
+                "gw.yaml:6:43: listener 'db' is a tcp listener;"
+                " routes serve http and https listeners"
+            ],
+        )
+
+    def test_default_route_listeners_skip_tcp(self) -> None:
+        """A route without listeners serves the http ones only."""
+        config = self.parse(
+            "listeners:\n  web: {protocol: http, bind: ':80'}\n"
+            "  db: {protocol: tcp, bind: ':5433', upstream: users}\n"
+            + self.UPSTREAMS
+            + "routes:\n  - {name: r, upstream: users}\n"
+        )
+        self.assertEqual(config.routes[0].listeners, ("web",))

@@ -320,6 +320,9 @@ class FailureTests(SynchronousTestCase):
         client, transport = gateway.connect()
         client.dataReceived(GET)
         gateway.refuse_upstream(ConnectionRefusedError())
+        # By default a failed connect is tried once more (nothing was sent).
+        self.assertEqual(transport.value(), b"")
+        gateway.refuse_upstream(ConnectionRefusedError())
         self.assertProblem(transport.value(), 502, "bad_gateway")
 
     def test_connect_timeout(self):
@@ -328,6 +331,7 @@ class FailureTests(SynchronousTestCase):
         client, transport = gateway.connect()
         client.dataReceived(GET)
         self.assertEqual(gateway.reactor.tcpClients[0][3], 2.0)
+        gateway.refuse_upstream(TimeoutError())
         gateway.refuse_upstream(TimeoutError())
         self.assertProblem(transport.value(), 504, "upstream_timeout")
 

@@ -25,15 +25,20 @@ from gatewaykit.config.addresses import (
 from gatewaykit.config.errors import ConfigError, ConfigProblem
 from gatewaykit.config.model import (
     AccessLogConfig,
+    CircuitBreakerConfig,
     Condition,
     Config,
     GatewayConfig,
+    HashKey,
+    HealthCheckConfig,
     Limits,
     ListenerConfig,
     Match,
+    OutlierConfig,
     PoolConfig,
     RedirectAction,
     RespondAction,
+    RetryConfig,
     RouteConfig,
     StaticAction,
     TargetConfig,
@@ -48,6 +53,7 @@ from gatewaykit.config.schema import (
     Key,
     Parser,
     Section,
+    boolean,
     converted,
     describe,
     did_you_mean,
@@ -58,6 +64,7 @@ from gatewaykit.config.schema import (
     integer,
     is_null,
     list_of,
+    number,
     one_of,
     pairs,
     position,
@@ -195,7 +202,70 @@ def _target(ctx: Context, node: Node) -> TargetConfig:
     return TargetConfig(*converted(parse_target, expected)(ctx, node))
 
 
+def _status_range(ctx: Context, node: Node) -> tuple[int, int]:
+    expected = "a status like 200 or a range like 200-399"
+    value = node.value if isinstance(node, ScalarNode) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str) and value.count("-") <= 1:
+        first, _, last = value.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            raise wrong(node, expected) from None
+    else:
+        raise wrong(node, expected)
+    if not 100 <= low <= high <= 599:
+        raise Invalid(node, f"expected statuses from 100 to 599, low to high; got {value!r}")
+    return low, high
+
+
+def _expect_status(ctx: Context, node: Node) -> tuple[tuple[int, int], ...]:
+    if isinstance(node, ScalarNode):
+        return (_status_range(ctx, node),)
+    return list_of(_status_range, non_empty=True, what="status")(ctx, node)
+
+
+def _health(ctx: Context, node: Node) -> HealthCheckConfig:
+    values = HEALTH(ctx, node)
+    entries = expect_map(node).entries
+    http, tcp = "path" in values, values.get("tcp", False)
+    if http == tcp:
+        ctx.report(node, "a health check needs exactly one of path: /PATH or tcp: true")
+    if tcp and "expect_status" in values:
+        ctx.report(entries["expect_status"][0], "expect_status is for HTTP checks (path)")
+    return HealthCheckConfig(**values)
+
+
+def _retry_condition(ctx: Context, node: Node) -> Union[str, int]:
+    expected = "connect_failure, reset, timeout or a 5xx status"
+    value = node.value if isinstance(node, ScalarNode) else None
+    if isinstance(value, int) and not isinstance(value, bool) and 500 <= value <= 599:
+        return value
+    if isinstance(value, str):
+        if value in RetryConfig.CONDITIONS:
+            return value
+        raise Invalid(
+            node,
+            f"unknown retry condition {value!r}; expected {expected}"
+            + did_you_mean(value, RetryConfig.CONDITIONS),
+        )
+    raise wrong(node, expected)
+
+
 # -- the tables ----------------------------------------------------------------
+
+HEALTH = Section(
+    {
+        "path": converted(_path, "a path"),
+        "tcp": boolean,
+        "interval": duration(),
+        "timeout": duration(),
+        "healthy_threshold": integer(minimum=1),
+        "unhealthy_threshold": integer(minimum=1),
+        "expect_status": _expect_status,
+    }
+)
 
 LIMITS = Section(
     {
@@ -226,17 +296,21 @@ GATEWAY = Section(
 LISTENER = Section(
     {
         "protocol": Key(
-            one_of("http", later=("https", "tcp", "tls_passthrough"), what="protocol"),
+            one_of("http", "tcp", later=("https", "tls_passthrough"), what="protocol"),
             required=True,
         ),
         "bind": Key(converted(parse_bind, "host:port"), required=True),
+        "upstream": reference("upstream"),
+        "idle_timeout": duration(),
     },
     upcoming={
         "tls": "https listeners",
-        "upstream": "tcp listeners",
         "sni": "tls_passthrough listeners",
     },
 )
+
+# Keys only a tcp listener takes.
+_TCP_ONLY = ("upstream", "idle_timeout")
 
 TARGET = Section(
     {
@@ -257,7 +331,27 @@ UPSTREAM = Section(
             required=True,
         ),
         "balancer": text(expected="a balancer name"),
+        "hash_key": converted(HashKey.parse, "a hash key"),
         "scheme": one_of("http", later=("https",), what="scheme"),
+        "health": _health,
+        "outlier": Section(
+            {
+                "consecutive_failures": integer(minimum=1),
+                "base_ejection": duration(),
+                "max_ejected_percent": integer(0, 100),
+            }
+        ).into(OutlierConfig),
+        "retries": Section(
+            {
+                "attempts": integer(0, 10),
+                "on": list_of(_retry_condition, unique=str, what="retry condition"),
+                "per_try_timeout": duration(positive=False),
+                "budget_percent": number(0, 100),
+            }
+        ).into(RetryConfig),
+        "circuit_breaker": Section(
+            {"max_requests": integer(minimum=1), "max_pending": integer(minimum=1)}
+        ).into(CircuitBreakerConfig),
         "timeouts": Section(
             {"connect": duration(), "response": duration(), "idle": duration()}
         ).into(UpstreamTimeouts),
@@ -266,13 +360,8 @@ UPSTREAM = Section(
         ).into(PoolConfig),
     },
     upcoming={
-        "hash_key": "the hash balancer",
         "sticky": "sticky sessions",
         "tls": "https upstreams",
-        "health": "health checks",
-        "outlier": "outlier ejection",
-        "retries": "retries",
-        "circuit_breaker": "circuit breakers",
     },
 )
 
@@ -381,6 +470,14 @@ def _listeners(ctx: Context, node: Node) -> dict[str, ListenerConfig]:
     listeners: dict[str, ListenerConfig] = {}
     for name, body, values in _named_entries(ctx, node, "listener", LISTENER):
         host, port = values.pop("bind")
+        if values["protocol"] == "tcp":
+            if "upstream" not in values and "upstream" not in body.entries:
+                ctx.report(body, f"tcp listener {name!r} needs an upstream: NAME")
+        else:
+            for key in _TCP_ONLY:
+                if key in body.entries:
+                    ctx.report(body.entries[key][0], f"{key!r} is only for tcp listeners")
+                    values.pop(key, None)
         listener = ListenerConfig(name=name, host=host, port=port, **values)
         for other in listeners.values():
             if _overlaps(listener, other):
@@ -458,6 +555,14 @@ def _routes(
                 entries[action][0],
                 f"a route has only one action; this one already has {actions[0]!r}",
             )
+        for listener_name in values.get("listeners", ()):
+            listener = listeners.get(listener_name)
+            if listener is not None and listener.protocol not in _HTTP_PROTOCOLS:
+                ctx.report(
+                    entries["listeners"][1],
+                    f"listener {listener_name!r} is a {listener.protocol} listener;"
+                    " routes serve http and https listeners",
+                )
         if "listeners" not in values:
             if not ctx.names["listener"]:
                 ctx.report(

@@ -57,9 +57,11 @@ class ListenerConfig:
     """One entry of C{listeners}."""
 
     name: str
-    protocol: str  # http (https, tcp, tls_passthrough land with their issues)
+    protocol: str  # http | tcp (https, tls_passthrough land with their issues)
     host: str  # "" means every interface
     port: int
+    upstream: Optional[str] = None  # tcp: where the bytes go
+    idle_timeout: float = 3600.0  # tcp: a tunnel with no bytes either way is closed
 
 
 @frozen
@@ -96,13 +98,120 @@ class PoolConfig:
 
 
 @frozen
+class HashKey:
+    """
+    C{upstreams.NAME.hash_key}: what the C{hash} balancer hashes. C{kind} is
+    C{ip}, C{path}, C{header}, C{cookie} or C{query}; the last three name a
+    field, cookie or parameter in C{name}.
+    """
+
+    kind: str = "ip"
+    name: Optional[str] = None
+
+    KINDS = ("ip", "path", "header", "cookie", "query")
+
+    @classmethod
+    def parse(cls, text: str) -> "HashKey":
+        """C{ip}, C{path}, C{header:NAME}, C{cookie:NAME} or C{query:NAME}."""
+        kind, sep, name = text.partition(":")
+        if kind not in cls.KINDS:
+            raise ValueError(
+                f"unknown hash key {text!r}; expected ip, path, header:NAME,"
+                " cookie:NAME or query:NAME"
+            )
+        if kind in ("ip", "path"):
+            if sep:
+                raise ValueError(f"hash key {kind!r} takes no name")
+            return cls(kind)
+        if not name:
+            raise ValueError(f"hash key {kind!r} needs a name: {kind}:NAME")
+        return cls(kind, name.lower() if kind == "header" else name)
+
+    def __str__(self) -> str:
+        return self.kind if self.name is None else f"{self.kind}:{self.name}"
+
+
+@frozen
+class HealthCheckConfig:
+    """
+    C{upstreams.NAME.health}: active checks of every target, either an HTTP
+    C{GET path} expecting a status in C{expect_status}, or (C{tcp}) a
+    connection that opens.
+    """
+
+    path: Optional[str] = None
+    tcp: bool = False
+    interval: float = 5.0
+    timeout: float = 1.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expect_status: tuple[tuple[int, int], ...] = ((200, 399),)
+
+    def expects(self, status: int) -> bool:
+        """Whether C{status} counts as healthy."""
+        return any(low <= status <= high for low, high in self.expect_status)
+
+
+@frozen
+class OutlierConfig:
+    """
+    C{upstreams.NAME.outlier}: eject a target after C{consecutive_failures}
+    failures of real requests, for C{base_ejection} doubled on each repeat
+    (at most 10 times it), never more than C{max_ejected_percent} of targets.
+    """
+
+    consecutive_failures: int = 5
+    base_ejection: float = 30.0
+    max_ejected_percent: int = 50
+
+
+@frozen
+class RetryConfig:
+    """
+    C{upstreams.NAME.retries}: C{attempts} extra tries, on another target when
+    there is one, for the failures in C{on} (C{connect_failure}, C{reset},
+    C{timeout} or a 5xx status code), each try limited to C{per_try_timeout}
+    (0: no limit), retries adding at most C{budget_percent} of the requests in
+    flight. Without the key, a failed connection is tried once on another
+    target (nothing was sent yet), as nginx does.
+    """
+
+    attempts: int = 2
+    on: tuple[Union[str, int], ...] = ("connect_failure", "reset", 502, 503, 504)
+    per_try_timeout: float = 0.0
+    budget_percent: float = 20.0
+
+    CONDITIONS = ("connect_failure", "reset", "timeout")
+
+
+DEFAULT_RETRIES = RetryConfig(attempts=1, on=("connect_failure",))
+
+
+@frozen
+class CircuitBreakerConfig:
+    """
+    C{upstreams.NAME.circuit_breaker}: at most C{max_requests} requests in
+    flight and C{max_pending} waiting for a connection; beyond, 503
+    C{circuit_open} at once.
+    """
+
+    max_requests: int = 1024
+    max_pending: int = 1024
+
+
+@frozen
 class UpstreamConfig:
     """One entry of C{upstreams}."""
 
     name: str
     targets: tuple[TargetConfig, ...]
     balancer: str = "round_robin"
+    hash_key: HashKey = HashKey()
     scheme: str = "http"
+    health: Optional[HealthCheckConfig] = None
+    outlier: Optional[OutlierConfig] = None
+    retries: RetryConfig = DEFAULT_RETRIES
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     pool: PoolConfig = PoolConfig()
 

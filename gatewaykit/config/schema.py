@@ -236,6 +236,27 @@ def integer(
     return parse
 
 
+def boolean(ctx: Context, node: Node) -> bool:
+    """C{true} or C{false}."""
+    value = node.value if isinstance(node, ScalarNode) else None
+    if not isinstance(value, bool):
+        raise wrong(node, "true or false")
+    return value
+
+
+def number(minimum: float, maximum: float) -> Parser:
+    """A number (integer or not) from C{minimum} to C{maximum}."""
+    expected = f"a number from {minimum:g} to {maximum:g}"
+
+    def parse(ctx: Context, node: Node) -> float:
+        value: Any = node.value if isinstance(node, ScalarNode) else None
+        if not _is_number(value) or not minimum <= value <= maximum:
+            raise wrong(node, expected)
+        return float(value)
+
+    return parse
+
+
 def _amount(
     node: Node, form: str, parse_text: Callable[[str], Any], integral: bool
 ) -> Any:

@@ -69,6 +69,26 @@ def new_traceparent() -> bytes:
     return b"00-%032x-%016x-01" % (_random_bits(128) or 1, _random_bits(64) or 1)
 
 
+def client_ip(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[Network]) -> str:
+    """
+    The client's address: the peer's, unless the peer is a trusted proxy;
+    then the last address in C{X-Forwarded-For} not itself trusted (walking
+    from the right, as nginx's real_ip_recursive does).
+    """
+    if not forwarded_for or not is_trusted(peer, trusted):
+        return peer
+    chain = [a.strip() for v in forwarded_for for a in v.decode("latin-1").split(",")]
+    for address in reversed(chain):
+        if not address:
+            continue
+        if not is_trusted(address, trusted):
+            try:
+                return str(ipaddress.ip_address(address))
+            except ValueError:
+                return peer
+    return chain[0] if chain and chain[0] else peer
+
+
 def is_trusted(address: str, trusted: Sequence[Network]) -> bool:
     """Whether C{address} lies in one of the C{trusted} networks."""
     if not trusted:

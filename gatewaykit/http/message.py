@@ -85,6 +85,9 @@ class Request:
     """
     One client request as the router, policies and actions see it.
 
+    C{client_host} is the peer's address; C{client_ip} the client's, which
+    differs when the peer is a trusted proxy (C{gateway.trusted_proxies})
+    that named the client in C{X-Forwarded-For}.
     C{server_port} is the gateway port the client connected to.
     C{hop_by_hop} holds the lower-case names of the fields that describe the
     client's connection (never forwarded), those named in C{Connection} too.
@@ -106,6 +109,7 @@ class Request:
         "scheme",
         "client_host",
         "client_port",
+        "client_ip",
         "listener",
         "request_id",
         "keep_alive",
@@ -133,6 +137,7 @@ class Request:
         scheme: str = "http",
         client_host: str = "",
         client_port: int = 0,
+        client_ip: Optional[str] = None,
         listener: str = "",
         request_id: str = "",
         keep_alive: bool = True,
@@ -154,6 +159,7 @@ class Request:
         self.scheme = scheme
         self.client_host = client_host
         self.client_port = client_port
+        self.client_ip = client_host if client_ip is None else client_ip
         self.listener = listener
         self.request_id = request_id
         self.keep_alive = keep_alive

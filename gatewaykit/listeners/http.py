@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from gatewaykit.config.model import ListenerConfig
 from gatewaykit.http.errors import GatewayError, bad_request, problem_body
-from gatewaykit.http.forwarding import is_sane_request_id, new_request_id
+from gatewaykit.http.forwarding import client_ip, is_sane_request_id, new_request_id
 from gatewaykit.http.message import Headers, Request
 from gatewaykit.http.wire import (
     HOP_BY_HOP,
@@ -494,6 +494,7 @@ class HTTP11ServerProtocol(Protocol):
         expect = False
         request_id: Optional[bytes] = None
         connection: Optional[list[bytes]] = None
+        forwarded_for: list[bytes] = []
         for name, value in fields:
             lower = name.lower()
             if lower == b"host":
@@ -513,6 +514,8 @@ class HTTP11ServerProtocol(Protocol):
                 if connection is None:
                     connection = []
                 connection.append(value)
+            elif lower == b"x-forwarded-for":
+                forwarded_for.append(value)
         if hosts > 1:
             raise bad_request("more than one Host field")
         if target[:1] == b"/":
@@ -570,6 +573,7 @@ class HTTP11ServerProtocol(Protocol):
             scheme=self.factory.scheme,
             client_host=self._client_host,
             client_port=self._client_port,
+            client_ip=client_ip(self._client_host, forwarded_for, gateway.trusted_proxies),
             listener=self.factory.listener.name,
             request_id=rid,
             keep_alive=parser.should_keep_alive(),

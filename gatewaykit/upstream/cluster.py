@@ -1,30 +1,150 @@
 """
-An upstream: its targets, the balancer choosing between them and the pool
-of connections to them.
+An upstream: its targets, the balancer choosing between them, the pool of
+connections to them, and what keeps bad targets out of the choice (active
+health checks, passive outlier ejection) and bounds the load on them
+(circuit breaker, retry budget).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection, Optional
+
+from twisted.logger import Logger
 
 from gatewaykit.config.model import UpstreamConfig
-from gatewaykit.interfaces import IBalancer, IBalancerFactory
+from gatewaykit.interfaces import IBalancer, IBalancerFactory, ITarget
 from gatewaykit.upstream.pool import ConnectionPool
 from gatewaykit.upstream.target import Target
 
+log = Logger()
+
+# Retries always allowed in flight at once, whatever the budget (Envoy's
+# min_retry_concurrency): a quiet upstream can still retry.
+MIN_RETRY_CONCURRENCY = 3
+
 
 class Upstream:
-    """A named cluster of targets (one C{upstreams} entry made live)."""
+    """
+    A named cluster of targets (one C{upstreams} entry made live).
+
+    The proxy and the TCP tunnel use L{pick} to choose a target, L{record}
+    to report how a request or connection went (feeding outlier ejection),
+    and the counters below for the circuit breaker and the retry budget.
+
+    @ivar in_flight: requests (or tunnels) in progress.
+    @ivar pending: requests waiting for a new connection to a target.
+    @ivar retries_in_flight: retries in progress.
+    """
 
     def __init__(
         self, config: UpstreamConfig, reactor: Any, balancer_factory: IBalancerFactory
     ) -> None:
+        from gatewaykit.upstream.health import HealthChecker
+        from gatewaykit.upstream.outlier import OutlierDetector
+
         self.config = config
         self.name = config.name
+        self.reactor = reactor
         self.targets = [Target(target) for target in config.targets]
         self.balancer: IBalancer = balancer_factory.build(config, self.targets)
         self.pool = ConnectionPool(reactor, config)
+        self.health = (
+            HealthChecker(config.health, self.targets, reactor, self._health_changed)
+            if config.health is not None
+            else None
+        )
+        self.outlier = (
+            OutlierDetector(config.outlier, self.targets, reactor, self._ejection_changed)
+            if config.outlier is not None
+            else None
+        )
+        self.in_flight = 0
+        self.pending = 0
+        self.retries_in_flight = 0
+
+    def start(self) -> None:
+        """Start active health checks (when configured)."""
+        if self.health is not None:
+            self.health.start()
 
     def close(self) -> None:
-        """Close idle connections (on shutdown, or when a reload drops it)."""
+        """Stop checks and close idle connections (shutdown, or dropped by a reload)."""
+        if self.health is not None:
+            self.health.stop()
+        if self.outlier is not None:
+            self.outlier.stop()
         self.pool.close()
+
+    def pick(self, request: Any, exclude: Collection[ITarget] = ()) -> Optional[ITarget]:
+        """An available target for C{request}, not in C{exclude} when possible."""
+        return self.balancer.pick(request, exclude)
+
+    def record(self, target: Target, failure: Optional[str]) -> None:
+        """
+        How one request or connection to C{target} went: C{None} for a
+        success, else the kind of failure (C{connect_failure}, C{reset},
+        C{timeout}, or a 5xx status as text).
+        """
+        if failure is not None:
+            target.failures += 1
+        if self.outlier is not None:
+            self.outlier.record(target, failure is None)
+
+    # -- circuit breaker and retry budget ------------------------------------
+
+    def overloaded(self) -> Optional[str]:
+        """Why a new request must be refused at once, or C{None}."""
+        breaker = self.config.circuit_breaker
+        if self.in_flight >= breaker.max_requests:
+            return f"{self.in_flight} requests in flight (max_requests {breaker.max_requests})"
+        if self.pending >= breaker.max_pending:
+            return (
+                f"{self.pending} requests waiting for a connection"
+                f" (max_pending {breaker.max_pending})"
+            )
+        return None
+
+    def may_retry(self) -> bool:
+        """Whether the retry budget allows one more retry now."""
+        budget = self.config.retries.budget_percent * self.in_flight / 100.0
+        return self.retries_in_flight < max(MIN_RETRY_CONCURRENCY, budget)
+
+    # -- state changes --------------------------------------------------------
+
+    def _health_changed(self, target: Target, healthy: bool) -> None:
+        log.info(
+            "upstream {upstream}: target {target} is now {state}",
+            upstream=self.name,
+            target=target.address,
+            state="healthy" if healthy else "unhealthy",
+        )
+        if not healthy:
+            self.pool.close_idle(target)
+
+    def _ejection_changed(self, target: Target, ejected: bool, seconds: float) -> None:
+        if ejected:
+            log.warn(
+                "upstream {upstream}: ejecting {target} for {seconds:g}s after"
+                " {failures} consecutive failures",
+                upstream=self.name,
+                target=target.address,
+                seconds=seconds,
+                failures=target.consecutive_failures,
+            )
+            self.pool.close_idle(target)
+        else:
+            log.info(
+                "upstream {upstream}: {target} is back from ejection",
+                upstream=self.name,
+                target=target.address,
+            )
+
+    def status(self) -> dict[str, Any]:
+        """The live state of this upstream, for the admin API and metrics."""
+        return {
+            "name": self.name,
+            "balancer": self.config.balancer,
+            "in_flight": self.in_flight,
+            "pending": self.pending,
+            "targets": [target.status() for target in self.targets],
+        }

@@ -101,6 +101,11 @@ class ConnectionPool:
         if idle and connection in idle:
             idle.remove(connection)
 
+    def close_idle(self, target: ITarget) -> None:
+        """Close the idle connections to C{target} (it went bad)."""
+        for connection in self._idle.pop(target, ()):
+            connection.close()
+
     def idle_count(self, target: ITarget) -> int:
         """How many idle connections to C{target} are kept."""
         return len(self._idle.get(target, ()))

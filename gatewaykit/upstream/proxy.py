@@ -53,7 +53,9 @@ class ProxyAction:
 @implementer(IPushProducer)
 class ProxyExchange:
     """
-    One request on its way to a target and its response on the way back.
+    One request on its way to a target and its response on the way back,
+    over one or more attempts (retries go to another target when there is
+    one).
 
     As an C{IPushProducer} registered with the upstream connection, it stops
     reading the client's body while the upstream is slow to take it.
@@ -61,14 +63,20 @@ class ProxyExchange:
 
     def __init__(self, action: ProxyAction, stream: Any) -> None:
         self._action = action
+        self._upstream = action.upstream
+        self._retries = action.upstream.config.retries
         self._stream = stream
         self._request: Request = stream.request
         self.method = self._request.method
         self.target: Any = None
+        self._tried: list[Any] = []
         self._connection: Optional[UpstreamConnection] = None
         self._connector: Any = None
+        self._waiting = False  # counted in upstream.pending
+        self._retrying = False  # counted in upstream.retries_in_flight
         self._reused = False
-        self._retried = False
+        self._fresh_retry = False
+        self._body_attached = False
         self._request_sent = False
         self._response_started = False
         self._done = False
@@ -77,36 +85,101 @@ class ProxyExchange:
         self._response_timer = Timer(action.clock, self._response_expired)
 
     def start(self) -> None:
-        """Choose a target and connect to it."""
+        """Refuse at once if the upstream is overloaded, else make the first attempt."""
         stream = self._stream
         stream.handler = self
-        upstream = self._action.upstream
-        target = upstream.balancer.pick(self._request)
-        if target is None:
+        upstream = self._upstream
+        overload = upstream.overloaded()
+        if overload is not None:
             self._done = True
             stream.send_error(
+                GatewayError(503, "circuit_open", f"upstream {upstream.name}: {overload}")
+            )
+            return
+        upstream.in_flight += 1
+        self._attempt()
+
+    def touch(self) -> None:
+        """Note progress, postponing the idle timeout."""
+        self._idle.set(self._action.idle_timeout)
+
+    # -- attempts -------------------------------------------------------------
+
+    def _attempt(self) -> None:
+        upstream = self._upstream
+        target = upstream.pick(self._request, self._tried)
+        if target is None and self._tried:
+            # No other target: the retry goes to one already tried.
+            target = upstream.pick(self._request)
+        if target is None:
+            self._fail(
                 GatewayError(
                     503, "no_healthy_upstream", f"no target of {upstream.name} is available"
                 )
             )
             return
         self.target = target
+        self._tried.append(target)
         target.in_flight += 1
         target.requests += 1
-        stream.upstream_address = target.address
+        self._stream.upstream_address = target.address
         self._idle.set(self._action.idle_timeout)
-        self._connector = upstream.pool.acquire(target, self)
+        per_try = self._retries.per_try_timeout
+        if per_try:
+            self._response_timer.set(per_try)
+        self._connect(fresh=False)
 
-    def touch(self) -> None:
-        """Note progress, postponing the idle timeout."""
-        self._idle.set(self._action.idle_timeout)
+    def _connect(self, fresh: bool) -> None:
+        self._waiting = True
+        self._upstream.pending += 1
+        self._connector = self._upstream.pool.acquire(self.target, self, fresh=fresh)
 
-    # -- the pool's waiter ----------------------------------------------
+    def _attempt_failed(self, failure: str, error: GatewayError) -> None:
+        """
+        The attempt on the current target failed with C{failure}
+        (C{connect_failure}, C{reset}, C{timeout} or a status as text): retry
+        if allowed, else answer C{error}.
+        """
+        self._upstream.record(self.target, failure)
+        self._drop_upstream()
+        self._release_target()
+        if self._may_retry(failure):
+            if not self._retrying:
+                self._retrying = True
+                self._upstream.retries_in_flight += 1
+            self._response_timer.clear()
+            self._attempt()
+        else:
+            self._fail(error)
+
+    def _may_retry(self, failure: str) -> bool:
+        retries = self._retries
+        condition: Any = int(failure) if failure.isdigit() else failure
+        if len(self._tried) > retries.attempts or condition not in retries.on:
+            return False
+        if self._stream.head_sent or self._stream.lost:
+            return False
+        # Safe to send again: nothing of the request went out yet, or it
+        # is idempotent and has no body (a body is streamed, not kept).
+        request = self._request
+        nothing_sent = failure == "connect_failure" and not self._body_attached
+        if not nothing_sent and (request.has_body or request.method not in IDEMPOTENT):
+            return False
+        return self._upstream.may_retry()
+
+    def _release_target(self) -> None:
+        target = self.target
+        if target is not None:
+            target.in_flight -= 1
+            self.target = None
+
+    # -- the pool's waiter ----------------------------------------------------
 
     def connected(self, connection: UpstreamConnection, reused: bool) -> None:
         self._connector = None
+        self._stop_waiting()
         if self._done:
-            self._action.upstream.pool.release(connection)
+            self._upstream.pool.release(connection)
             return
         self._connection = connection
         self._reused = reused
@@ -117,15 +190,17 @@ class ProxyExchange:
         transport.write(self._action.head_builder.build(request, uri, None))
         self._sent_at = self._action.clock.seconds()
         if request.has_body:
+            self._body_attached = True
             transport.registerProducer(self, True)
             self._stream.send_continue()
             self._stream.attach_body_sink(self)
         else:
             self._request_sent = True
-            self._response_timer.set(self._action.response_timeout)
+            self._expect_response()
 
     def connect_failed(self, reason: Failure) -> None:
         self._connector = None
+        self._stop_waiting()
         if self._done:
             return
         address = self.target.address
@@ -133,10 +208,22 @@ class ProxyExchange:
             error = GatewayError(504, "upstream_timeout", f"connecting to {address} timed out")
         else:
             error = GatewayError(502, "bad_gateway", f"could not connect to {address}")
-        self.target.failures += 1
-        self._fail(error)
+        self._attempt_failed("connect_failure", error)
 
-    # -- the request body (this is the stream's body sink) ----------------
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            self._upstream.pending -= 1
+
+    def _expect_response(self) -> None:
+        """The request is all sent: the response timeout starts."""
+        if not self._response_started:
+            timeout = self._action.response_timeout
+            per_try = self._retries.per_try_timeout
+            if not per_try or per_try > timeout:
+                self._response_timer.set(timeout)
+
+    # -- the request body (this is the stream's body sink) ----------------------
 
     def body_received(self, data: bytes) -> None:
         connection = self._connection
@@ -156,8 +243,7 @@ class ProxyExchange:
             connection.transport.write(LAST_CHUNK)
         connection.transport.unregisterProducer()
         self._request_sent = True
-        if not self._response_started:
-            self._response_timer.set(self._action.response_timeout)
+        self._expect_response()
 
     def body_failed(self, error: GatewayError) -> None:
         if not self._done:
@@ -172,7 +258,7 @@ class ProxyExchange:
     def stopProducing(self) -> None:
         pass
 
-    # -- the response, from the upstream connection -----------------------
+    # -- the response, from the upstream connection -----------------------------
 
     def response_head(
         self,
@@ -182,10 +268,20 @@ class ProxyExchange:
         content_length: Optional[int],
         hop_by_hop: frozenset[bytes],
     ) -> None:
+        target = self.target
+        if status in (502, 503, 504):
+            error = GatewayError(status, "bad_gateway", f"{target.address} answered {status}")
+            if self._may_retry(str(status)):
+                # Drop this answer (and its connection) and try elsewhere.
+                self._attempt_failed(str(status), error)
+                return
+            self._upstream.record(target, str(status))
+        else:
+            self._upstream.record(target, None)
         self._response_started = True
         self._response_timer.clear()
         self._idle.set(self._action.idle_timeout)
-        self.target.record_latency(self._action.clock.seconds() - self._sent_at)
+        target.record_latency(self._action.clock.seconds() - self._sent_at)
         stream = self._stream
         stream.write_head(
             status,
@@ -208,7 +304,7 @@ class ProxyExchange:
                 # request framing is unfinished, so it cannot be reused.
                 connection.transport.unregisterProducer()
                 connection.reusable = False
-            self._action.upstream.pool.release(connection)
+            self._upstream.pool.release(connection)
         self._end()
         self._stream.finish()
 
@@ -219,25 +315,30 @@ class ProxyExchange:
         request = self._request
         if (
             self._reused
-            and not self._retried
+            and not self._fresh_retry
             and not self._response_started
             and not request.has_body
             and request.method in IDEMPOTENT
         ):
             # A kept-alive connection the upstream had already closed: the
-            # request never got there, so try once on a new connection.
-            self._retried = True
-            self._connector = self._action.upstream.pool.acquire(self.target, self, fresh=True)
+            # request never got there, so try the same target once on a new
+            # connection (not counted as a retry).
+            self._fresh_retry = True
+            self._connect(fresh=True)
             return
-        self.target.failures += 1
         address = self.target.address
+        if self._response_started:
+            # Too late for another answer: the client's response is cut.
+            self._upstream.record(self.target, "reset")
+            self._fail(GatewayError(502, "bad_gateway", f"{address} broke off the response"))
+            return
         if reason.check(InvalidResponse):
             detail = f"invalid response from {address}: {reason.getErrorMessage()}"
         else:
             detail = f"{address} closed the connection before the response was complete"
-        self._fail(GatewayError(502, "bad_gateway", detail))
+        self._attempt_failed("reset", GatewayError(502, "bad_gateway", detail))
 
-    # -- the client's side ------------------------------------------------
+    # -- the client's side ------------------------------------------------------
 
     def stream_lost(self) -> None:
         """The client went away: drop the upstream side too."""
@@ -245,28 +346,32 @@ class ProxyExchange:
             self._drop_upstream()
             self._end()
 
-    # -- endings ----------------------------------------------------------
+    # -- endings ----------------------------------------------------------------
 
     def _idle_expired(self) -> None:
         if self._done:
             return
-        self._fail(
-            GatewayError(
-                504,
-                "upstream_timeout",
-                f"no progress from {self.target.address} for {self._action.idle_timeout:g}s",
-            )
+        error = GatewayError(
+            504,
+            "upstream_timeout",
+            f"no progress from {self.target.address} for {self._action.idle_timeout:g}s",
         )
+        if self._response_started:
+            self._fail(error)
+        else:
+            self._attempt_failed("timeout", error)
 
     def _response_expired(self) -> None:
         if self._done or self._response_started:
             return
-        self._fail(
+        timeout = self._retries.per_try_timeout or self._action.response_timeout
+        self._attempt_failed(
+            "timeout",
             GatewayError(
                 504,
                 "upstream_timeout",
-                f"{self.target.address} did not answer within {self._action.response_timeout:g}s",
-            )
+                f"{self.target.address} did not answer within {timeout:g}s",
+            ),
         )
 
     def _fail(self, error: GatewayError) -> None:
@@ -278,6 +383,7 @@ class ProxyExchange:
         connector, self._connector = self._connector, None
         if connector is not None:
             connector.stopConnecting()
+        self._stop_waiting()
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.abort()
@@ -291,5 +397,8 @@ class ProxyExchange:
         # The stream no longer needs us: let both be freed by refcount.
         self._stream.handler = None
         self._stream.detach_body_sink()
-        if self.target is not None:
-            self.target.in_flight -= 1
+        self._release_target()
+        upstream = self._upstream
+        upstream.in_flight -= 1
+        if self._retrying:
+            upstream.retries_in_flight -= 1

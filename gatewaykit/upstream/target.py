@@ -28,6 +28,8 @@ class Target:
         "ewma_latency",
         "requests",
         "failures",
+        "consecutive_failures",
+        "ejections",
     )
 
     def __init__(self, config: TargetConfig) -> None:
@@ -41,6 +43,8 @@ class Target:
         self.ewma_latency = 0.0
         self.requests = 0
         self.failures = 0
+        self.consecutive_failures = 0
+        self.ejections = 0
 
     @property
     def available(self) -> bool:
@@ -52,6 +56,19 @@ class Target:
             self.ewma_latency = seconds
         else:
             self.ewma_latency += EWMA_ALPHA * (seconds - self.ewma_latency)
+
+    def status(self) -> dict:
+        """The target's live state, for the admin API and metrics."""
+        return {
+            "address": self.address,
+            "weight": self.weight,
+            "healthy": self.healthy,
+            "ejected": self.ejected,
+            "in_flight": self.in_flight,
+            "ewma_ms": round(self.ewma_latency * 1000, 3),
+            "requests": self.requests,
+            "failures": self.failures,
+        }
 
     def __repr__(self) -> str:
         return f"<Target {self.address}>"
