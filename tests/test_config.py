@@ -708,12 +708,16 @@ class UpstreamTests(ConfigTestCase):
         )
 
     def test_weight(self) -> None:
-        """A weight below 1 is an error at the weight."""
+        """A weight outside 1 to 1000 is an error at the weight."""
         self.assertEqual(
             self.problems(
-                "upstreams:\n  u:\n    targets: [{address: 'h:1', weight: 0}]\n"
+                "upstreams:\n  u:\n    targets: [{address: 'h:1', weight: 0},"
+                " {address: 'h:2', weight: 1001}]\n"
             ),
-            ["gw.yaml:3:40: expected an integer >= 1, got 0"],
+            [
+                "gw.yaml:3:40: expected an integer from 1 to 1000, got 0",
+                "gw.yaml:3:69: expected an integer from 1 to 1000, got 1001",
+            ],
         )
 
     def test_duplicate_target(self) -> None:

@@ -315,7 +315,7 @@ _TCP_ONLY = ("upstream", "idle_timeout")
 TARGET = Section(
     {
         "address": Key(converted(parse_target, "host:port"), required=True),
-        "weight": integer(minimum=1),
+        "weight": integer(1, 1000),
     }
 )
 

@@ -19,3 +19,17 @@ gatewaykit = ServiceMaker(
 round_robin = LazyBalancerFactory(
     "round_robin", "gatewaykit.upstream.balancers:RoundRobin"
 )
+weighted_round_robin = LazyBalancerFactory(
+    "weighted_round_robin", "gatewaykit.upstream.balancers:WeightedRoundRobin"
+)
+least_request = LazyBalancerFactory(
+    "least_request", "gatewaykit.upstream.balancers:LeastRequest"
+)
+p2c = LazyBalancerFactory("p2c", "gatewaykit.upstream.balancers:PowerOfTwoChoices")
+# Not named random and hash: those would shadow the builtins in this module.
+weighted_random = LazyBalancerFactory(
+    "random", "gatewaykit.upstream.balancers:WeightedRandom"
+)
+consistent_hash = LazyBalancerFactory(
+    "hash", "gatewaykit.upstream.balancers:ConsistentHash"
+)
