@@ -12,8 +12,11 @@ from typing import Any, Iterable
 
 import httptools
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import NotConnectingError, UserError
+from twisted.internet.interfaces import IConnector
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from gatewaykit.config.model import (
     AccessLogConfig,
@@ -72,6 +75,49 @@ def upstream(name: str, *addresses: str, **kwargs: Any) -> UpstreamConfig:
         host, _, port = address.rpartition(":")
         targets.append(TargetConfig(host, int(port)))
     return UpstreamConfig(name=name, targets=tuple(targets), **kwargs)
+
+
+@implementer(IConnector)
+class StoppableConnector:
+    """
+    A connector that, like the real ones, tells its factory at once that the
+    connection failed when it is stopped while connecting.
+    """
+
+    def __init__(self, address: Any, factory: Any) -> None:
+        self._address = address
+        self._factory = factory
+        self.stopped_connecting = False
+
+    def stopConnecting(self) -> None:
+        if self.stopped_connecting:
+            raise NotConnectingError()
+        self.stopped_connecting = True
+        self._factory.clientConnectionFailed(self, Failure(UserError()))
+
+    def disconnect(self) -> None:
+        self.stopConnecting()
+
+    def connect(self) -> None:
+        pass
+
+    def getDestination(self) -> Any:
+        return self._address
+
+
+class GatewayReactor(MemoryReactorClock):
+    """
+    A C{MemoryReactorClock} whose C{connectTCP} connectors behave like real
+    ones when stopped (the stock fake only records it).
+    """
+
+    def connectTCP(
+        self, host: str, port: int, factory: Any, timeout: float = 30, bindAddress: Any = None
+    ) -> Any:
+        super().connectTCP(host, port, factory, timeout, bindAddress)
+        connector = StoppableConnector(IPv4Address("TCP", host, port), factory)
+        self.connectors[-1] = connector
+        return connector
 
 
 class Response:
@@ -178,7 +224,7 @@ class GatewayHarness:
     """
 
     def __init__(self, config: Config, listener: str = "web") -> None:
-        self.reactor = MemoryReactorClock()
+        self.reactor = GatewayReactor()
         self.config = config
         self.gateway = Gateway(config, self.reactor)
         self.factory = HTTP11ServerFactory(

@@ -26,6 +26,7 @@ from gatewaykit.testing import (
     route,
     upstream,
 )
+from gatewaykit.upstream.cluster import RetryBudget
 from gatewaykit.upstream.health import HealthChecker
 from gatewaykit.upstream.outlier import OutlierDetector
 from gatewaykit.upstream.target import Target
@@ -93,7 +94,7 @@ class CircuitBreakerTests(SynchronousTestCase):
         client.dataReceived(GET)
         gateway.accept_upstream()[0].dataReceived(OK)
         cluster = gateway.gateway.upstreams["app"]
-        self.assertEqual((cluster.in_flight, cluster.pending, cluster.retries_in_flight), (0, 0, 0))
+        self.assertEqual((cluster.in_flight, cluster.pending), (0, 0))
         self.assertEqual([t.in_flight for t in cluster.targets], [0, 0, 0])
 
 
@@ -188,6 +189,21 @@ class RetryTests(SynchronousTestCase):
         gateway.reactor.advance(0.6)
         self.assertEqual(problem(transport.value()), (504, "upstream_timeout"))
 
+    def test_per_try_timeout_while_connecting(self):
+        """A try that times out while still connecting counts once and retries once."""
+        retries = RetryConfig(attempts=1, on=("timeout", "connect_failure"), per_try_timeout=0.5)
+        gateway = harness(retries=retries)
+        client, transport = gateway.connect()
+        client.dataReceived(GET)
+        gateway.reactor.advance(0.6)
+        self.assertEqual(hosts(gateway), ["10.0.0.1", "10.0.0.2"])
+        cluster = gateway.gateway.upstreams["app"]
+        self.assertEqual(cluster.targets[0].failures, 1)
+        self.assertEqual(cluster.pending, 1)
+        gateway.accept_upstream()[0].dataReceived(OK)
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        self.assertEqual((cluster.in_flight, cluster.pending), (0, 0))
+
     def test_attempts_bounded(self):
         """No more than retries.attempts extra tries are made."""
         gateway = harness(retries=self.retries)
@@ -205,15 +221,30 @@ class RetryTests(SynchronousTestCase):
         gateway.refuse_upstream(ConnectionRefusedError())
         self.assertEqual(hosts(gateway), ["10.0.0.9", "10.0.0.9"])
 
+    def exhaust_budget(self, gateway: GatewayHarness) -> None:
+        budget = gateway.gateway.upstreams["app"].retry_budget
+        while budget.allow_retry():
+            pass
+
     def test_budget(self):
-        """Beyond the retry budget, a failure is answered instead of retried."""
+        """Beyond the retry budget, a reset is answered instead of retried."""
         gateway = harness(retries=self.retries)
-        cluster = gateway.gateway.upstreams["app"]
-        cluster.retries_in_flight = 3  # as if three retries were under way
         client, transport = gateway.connect()
         client.dataReceived(GET)
-        gateway.refuse_upstream(ConnectionRefusedError())
+        self.exhaust_budget(gateway)
+        gateway.accept_upstream()[0].connectionLost(Failure(ConnectionLost()))
         self.assertEqual(problem(transport.value()), (502, "bad_gateway"))
+        self.assertEqual(len(gateway.reactor.tcpClients), 1)
+
+    def test_connect_failure_spends_no_budget(self):
+        """A connect failure is retried even with the budget spent: nothing was sent."""
+        gateway = harness(retries=self.retries)
+        client, transport = gateway.connect()
+        client.dataReceived(GET)
+        self.exhaust_budget(gateway)
+        gateway.refuse_upstream(ConnectionRefusedError())
+        gateway.accept_upstream()[0].dataReceived(OK)
+        self.assertEqual(parse_response(transport.value()).status, 200)
 
     def test_no_retries(self):
         """attempts: 0 turns retries off, even for connect failures."""
@@ -222,6 +253,38 @@ class RetryTests(SynchronousTestCase):
         client.dataReceived(GET)
         gateway.refuse_upstream(ConnectionRefusedError())
         self.assertEqual(problem(transport.value()), (502, "bad_gateway"))
+
+
+class RetryBudgetTests(SynchronousTestCase):
+    """The share of load retries may add."""
+
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.budget = RetryBudget(20, self.clock)
+
+    def spend(self) -> int:
+        count = 0
+        while self.budget.allow_retry():
+            count += 1
+        return count
+
+    def test_floor(self):
+        """With no traffic, a few retries a second are still allowed."""
+        self.assertEqual(self.spend(), RetryBudget.MIN_PER_SECOND * RetryBudget.WINDOW)
+
+    def test_share_of_requests(self):
+        """Retries may add the configured share of the window's requests."""
+        for _ in range(1000):
+            self.budget.request()
+        self.assertEqual(self.spend(), 200 + RetryBudget.MIN_PER_SECOND * RetryBudget.WINDOW)
+
+    def test_window_moves(self):
+        """Requests and retries older than the window no longer count."""
+        for _ in range(1000):
+            self.budget.request()
+        self.spend()
+        self.clock.advance(RetryBudget.WINDOW)
+        self.assertEqual(self.spend(), RetryBudget.MIN_PER_SECOND * RetryBudget.WINDOW)
 
 
 def targets(count: int) -> list[Target]:

@@ -171,9 +171,10 @@ class RetryConfig:
     C{upstreams.NAME.retries}: C{attempts} extra tries, on another target when
     there is one, for the failures in C{on} (C{connect_failure}, C{reset},
     C{timeout} or a 5xx status code), each try limited to C{per_try_timeout}
-    (0: no limit), retries adding at most C{budget_percent} of the requests in
-    flight. Without the key, a failed connection is tried once on another
-    target (nothing was sent yet), as nginx does.
+    (0: no limit), retries adding at most C{budget_percent} of the requests of
+    the last seconds (retries after a connect failure are free: nothing was
+    sent). Without the key, a failed connection is tried once on another
+    target, as nginx does.
     """
 
     attempts: int = 2

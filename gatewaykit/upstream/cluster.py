@@ -18,9 +18,48 @@ from gatewaykit.upstream.target import Target
 
 log = Logger()
 
-# Retries always allowed in flight at once, whatever the budget (Envoy's
-# min_retry_concurrency): a quiet upstream can still retry.
-MIN_RETRY_CONCURRENCY = 3
+
+
+class RetryBudget:
+    """
+    Retries may add at most C{percent} of the requests of the last
+    C{WINDOW} seconds (plus C{MIN_PER_SECOND} a second, so a quiet upstream
+    can still retry). Counted in one-second buckets, so a burst of failures
+    is measured against the traffic that came before it.
+    """
+
+    WINDOW = 10
+    MIN_PER_SECOND = 3
+
+    def __init__(self, percent: float, clock: Any) -> None:
+        self._share = percent / 100.0
+        self._clock = clock
+        self._second = 0
+        self._requests = [0] * self.WINDOW
+        self._retries = [0] * self.WINDOW
+
+    def _bucket(self) -> int:
+        second = int(self._clock.seconds())
+        if second != self._second:
+            # Empty the buckets of the seconds that passed (all, after a gap).
+            for skipped in range(max(self._second + 1, second - self.WINDOW + 1), second + 1):
+                index = skipped % self.WINDOW
+                self._requests[index] = self._retries[index] = 0
+            self._second = second
+        return second % self.WINDOW
+
+    def request(self) -> None:
+        """Count one new request."""
+        self._requests[self._bucket()] += 1
+
+    def allow_retry(self) -> bool:
+        """Whether one more retry fits; counts it if so."""
+        index = self._bucket()
+        allowed = self.MIN_PER_SECOND * self.WINDOW + self._share * sum(self._requests)
+        if sum(self._retries) >= allowed:
+            return False
+        self._retries[index] += 1
+        return True
 
 
 class Upstream:
@@ -33,7 +72,7 @@ class Upstream:
 
     @ivar in_flight: requests (or tunnels) in progress.
     @ivar pending: requests waiting for a new connection to a target.
-    @ivar retries_in_flight: retries in progress.
+    @ivar retry_budget: the L{RetryBudget} retries (but connect failures) spend.
     """
 
     def __init__(
@@ -60,7 +99,7 @@ class Upstream:
         )
         self.in_flight = 0
         self.pending = 0
-        self.retries_in_flight = 0
+        self.retry_budget = RetryBudget(config.retries.budget_percent, reactor)
 
     def start(self) -> None:
         """Start active health checks (when configured)."""
@@ -90,7 +129,7 @@ class Upstream:
         if self.outlier is not None:
             self.outlier.record(target, failure is None)
 
-    # -- circuit breaker and retry budget ------------------------------------
+    # -- circuit breaker -------------------------------------------------------
 
     def overloaded(self) -> Optional[str]:
         """Why a new request must be refused at once, or C{None}."""
@@ -104,10 +143,6 @@ class Upstream:
             )
         return None
 
-    def may_retry(self) -> bool:
-        """Whether the retry budget allows one more retry now."""
-        budget = self.config.retries.budget_percent * self.in_flight / 100.0
-        return self.retries_in_flight < max(MIN_RETRY_CONCURRENCY, budget)
 
     # -- state changes --------------------------------------------------------
 

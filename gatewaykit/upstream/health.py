@@ -72,6 +72,7 @@ class _Probe(ClientFactory):
             )
         self._protocol: Optional[_ProbeProtocol] = None
         self._connecting = True
+        self._finished = False
         self._timeout = reactor.callLater(config.timeout, self.finish, False)
         self._connector = reactor.connectTCP(
             target.host, target.port, self, timeout=config.timeout
@@ -88,8 +89,10 @@ class _Probe(ClientFactory):
 
     def finish(self, passed: bool) -> None:
         """Settle the result once, and drop the connection."""
-        if self.result.called:
+        if self._finished:
             return
+        # Stopping a connector reports a failure at once, re-entering here.
+        self._finished = True
         if self._timeout.active():
             self._timeout.cancel()
         protocol, self._protocol = self._protocol, None

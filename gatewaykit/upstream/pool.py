@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from twisted.internet.error import NotConnectingError
 from twisted.internet.interfaces import IConnector
 from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
@@ -16,8 +17,8 @@ from gatewaykit.timer import Timer
 from gatewaykit.upstream.connection import UpstreamConnection
 
 
-class _ConnectAttempt(ClientFactory):
-    """One outgoing connection for one waiter."""
+class ConnectAttempt(ClientFactory):
+    """One outgoing connection for one waiter, which may give up on it."""
 
     noisy = False
 
@@ -25,16 +26,35 @@ class _ConnectAttempt(ClientFactory):
         self.pool = pool
         self.target = target
         self.waiter = waiter
+        self.connector: Optional[IConnector] = None
+
+    def cancel(self) -> None:
+        """
+        Give up: the waiter hears nothing more (stopping a connector reports
+        a failure at once, which must not reach a waiter that moved on).
+        """
+        self.waiter = None
+        connector, self.connector = self.connector, None
+        if connector is not None:
+            try:
+                connector.stopConnecting()
+            except NotConnectingError:
+                pass
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:
         return UpstreamConnection(self.pool, self.target, self._connected)
 
     def _connected(self, connection: UpstreamConnection) -> None:
         self.pool.connections_opened += 1
+        self.connector = None
         waiter, self.waiter = self.waiter, None
-        waiter.connected(connection, False)
+        if waiter is None:
+            self.pool.release(connection)  # nobody waits: keep it for later
+        else:
+            waiter.connected(connection, False)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self.connector = None
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
             waiter.connect_failed(reason)
@@ -58,12 +78,14 @@ class ConnectionPool:
         self._sweeper = Timer(reactor, self._sweep)
         self.connections_opened = 0
 
-    def acquire(self, target: ITarget, waiter: Any, fresh: bool = False) -> Optional[IConnector]:
+    def acquire(
+        self, target: ITarget, waiter: Any, fresh: bool = False
+    ) -> Optional[ConnectAttempt]:
         """
         Get a connection to C{target} for C{waiter}; C{fresh} skips idle ones.
 
-        @return: the connector while a new connection is being made (to stop
-            it if the waiter gives up), else C{None}.
+        @return: the attempt while a new connection is being made (to
+            L{ConnectAttempt.cancel} if the waiter gives up), else C{None}.
         """
         if not fresh:
             idle = self._idle.get(target)
@@ -75,12 +97,11 @@ class ConnectionPool:
                         waiter.connected(connection, True)
                         return None
                     connection.close()
-        return self._reactor.connectTCP(
-            target.host,
-            target.port,
-            _ConnectAttempt(self, target, waiter),
-            timeout=self._connect_timeout,
+        attempt = ConnectAttempt(self, target, waiter)
+        attempt.connector = self._reactor.connectTCP(
+            target.host, target.port, attempt, timeout=self._connect_timeout
         )
+        return attempt
 
     def release(self, connection: UpstreamConnection) -> None:
         """Take back a connection after an exchange: keep it idle or close it."""

@@ -73,7 +73,6 @@ class ProxyExchange:
         self._connection: Optional[UpstreamConnection] = None
         self._connector: Any = None
         self._waiting = False  # counted in upstream.pending
-        self._retrying = False  # counted in upstream.retries_in_flight
         self._reused = False
         self._fresh_retry = False
         self._body_attached = False
@@ -97,6 +96,7 @@ class ProxyExchange:
             )
             return
         upstream.in_flight += 1
+        upstream.retry_budget.request()
         self._attempt()
 
     def touch(self) -> None:
@@ -144,9 +144,6 @@ class ProxyExchange:
         self._drop_upstream()
         self._release_target()
         if self._may_retry(failure):
-            if not self._retrying:
-                self._retrying = True
-                self._upstream.retries_in_flight += 1
             self._response_timer.clear()
             self._attempt()
         else:
@@ -163,9 +160,13 @@ class ProxyExchange:
         # is idempotent and has no body (a body is streamed, not kept).
         request = self._request
         nothing_sent = failure == "connect_failure" and not self._body_attached
-        if not nothing_sent and (request.has_body or request.method not in IDEMPOTENT):
+        if nothing_sent:
+            # The failed try never reached a server: retrying adds no load,
+            # so it spends no budget.
+            return True
+        if request.has_body or request.method not in IDEMPOTENT:
             return False
-        return self._upstream.may_retry()
+        return self._upstream.retry_budget.allow_retry()
 
     def _release_target(self) -> None:
         target = self.target
@@ -380,9 +381,9 @@ class ProxyExchange:
         self._stream.send_error(error)
 
     def _drop_upstream(self) -> None:
-        connector, self._connector = self._connector, None
-        if connector is not None:
-            connector.stopConnecting()
+        attempt, self._connector = self._connector, None
+        if attempt is not None:
+            attempt.cancel()
         self._stop_waiting()
         connection, self._connection = self._connection, None
         if connection is not None:
@@ -398,7 +399,4 @@ class ProxyExchange:
         self._stream.handler = None
         self._stream.detach_body_sink()
         self._release_target()
-        upstream = self._upstream
-        upstream.in_flight -= 1
-        if self._retrying:
-            upstream.retries_in_flight -= 1
+        self._upstream.in_flight -= 1

@@ -15,16 +15,23 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Optional
+from typing import Any, Callable, Generator, Iterable, Optional, Sequence
 from urllib.parse import parse_qs
 
+import httptools
 import yaml
 from twisted.internet import defer, reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.protocol import (
+    ProcessProtocol,
+    Protocol,
+    ServerFactory,
+    connectionDone,
+)
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -155,6 +162,22 @@ def proxy_config(
         },
         "routes": [*routes, {"name": "all", "match": {"path_prefix": "/"}, "upstream": "app"}],
     }
+
+
+def cluster_config(ports: Sequence[int], weights: Sequence[int] = (), **upstream: Any) -> dict:
+    """
+    L{proxy_config} with upstream C{app} over a target on each of C{ports}
+    (with C{weights} when given); C{upstream} adds keys to C{app} (e.g.
+    C{balancer}, C{health}, C{retries}).
+    """
+    config = proxy_config(ports[0])
+    app = config["upstreams"]["app"]
+    app["targets"] = [
+        {"address": f"127.0.0.1:{port}", "weight": weight} if weights else f"127.0.0.1:{port}"
+        for port, weight in zip(ports, weights or ports, strict=True)
+    ]
+    app.update(upstream)
+    return config
 
 
 # -- the gateway process --------------------------------------------------------
@@ -770,3 +793,325 @@ class GatewayTestCase(TestCase):
         upstream = self.start_upstream()
         gateway = yield self.start_gateway(proxy_config(upstream.port, **config))
         return gateway, upstream
+
+
+# -- named upstreams, crashed targets and a keep-alive load client ----------------
+
+# The response field naming the upstream server that answered.
+UPSTREAM_FIELD = "X-Upstream"
+HEALTH_PATH = b"/healthz"
+
+
+class _NamedChannel(Protocol):
+    """One connection to a L{NamedServer}: HTTP/1.1 requests, one at a time."""
+
+    factory: NamedServer
+
+    def connectionMade(self) -> None:
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._answers: list[Any] = []
+        self.factory.connections_accepted += 1
+        self.factory.channels.add(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_message_complete(self) -> None:
+        server = self.factory
+        keep_alive = self._parser.should_keep_alive()
+        if self._url.partition(b"?")[0] == HEALTH_PATH:
+            server.health_checks += 1
+            server.event("check")
+            self._answer(keep_alive)
+            return
+        server.requests += 1
+        server.event("request")
+        if server.delay:
+            self._answers.append(reactor.callLater(server.delay, self._answer, keep_alive))
+        else:
+            self._answer(keep_alive)
+
+    def _answer(self, keep_alive: bool) -> None:
+        self._answers = [call for call in self._answers if call.active()]
+        body = self.factory.name.encode("ascii") + b"\n"
+        self.transport.write(  # type: ignore[union-attr]
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+            b"%s: %s\r\n%s\r\n%s"
+            % (
+                len(body),
+                UPSTREAM_FIELD.encode("ascii"),
+                body.strip(),
+                b"" if keep_alive else b"Connection: close\r\n",
+                body,
+            )
+        )
+        if not keep_alive:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in self._answers:
+            if call.active():
+                call.cancel()
+        self.factory.channels.discard(self)
+
+
+class NamedServer(ServerFactory):
+    """
+    A small fast HTTP/1.1 upstream on 127.0.0.1 that names itself: every
+    answer is 200 with body C{NAME} and field C{X-Upstream: NAME}, after
+    C{delay} seconds (health checks, C{GET /healthz}, are answered at once).
+
+    @ivar requests: requests answered or being answered (not health checks).
+    @ivar health_checks: C{/healthz} requests received.
+    @ivar on_event: called with C{"check"} or C{"request"} for each request.
+    """
+
+    protocol = _NamedChannel
+
+    def __init__(
+        self, name: str, delay: float = 0.0, on_event: Optional[Callable[[str], None]] = None
+    ) -> None:
+        self.name = name
+        self.delay = delay
+        self.on_event = on_event
+        self.requests = 0
+        self.health_checks = 0
+        self.connections_accepted = 0
+        self.channels: set[_NamedChannel] = set()
+        self._port: Any = None
+
+    @property
+    def port(self) -> int:
+        return self._port.getHost().port
+
+    def event(self, kind: str) -> None:
+        if self.on_event is not None:
+            self.on_event(kind)
+
+    def listen(self, port: int = 0) -> NamedServer:
+        self._port = reactor.listenTCP(port, self, interface="127.0.0.1")
+        return self
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening and drop every open connection, like a crash."""
+        port, self._port = self._port, None
+        if port is not None:
+            yield port.stopListening()
+        for channel in list(self.channels):
+            _abort(channel.transport)
+        yield wait_for(lambda: not self.channels, what=f"connections to {self.name} to close")
+
+
+def start_named(test_case: TestCase, name: str, delay: float = 0.0) -> NamedServer:
+    """A listening L{NamedServer} in this process, stopped on cleanup."""
+    server = NamedServer(name, delay).listen()
+    test_case.addCleanup(server.stop)
+    return server
+
+
+def serve_named() -> None:
+    """
+    The main of an upstream child process (argv: NAME PORT): a L{NamedServer}
+    printing C{listening PORT}, then C{check T} for each health check and
+    C{request T} for the first real request (T: C{time.monotonic()}).
+    """
+    name, port = sys.argv[1:3]
+    reported: set[str] = set()
+
+    def report(kind: str) -> None:
+        if kind == "check" or kind not in reported:
+            reported.add(kind)
+            print(f"{kind} {time.monotonic():.6f}", flush=True)
+
+    server = NamedServer(name, on_event=report).listen(int(port))
+    print(f"listening {server.port}", flush=True)
+    reactor.run()
+
+
+class UpstreamProcess(_Collector):
+    """
+    A L{NamedServer} in a child process, to be killed like a crashed one.
+
+    @ivar events: C{(kind, monotonic time)} of the health checks it got and
+        of its first real request.
+    """
+
+    def __init__(self, test_case: TestCase, name: str) -> None:
+        super().__init__()
+        self._test_case = test_case
+        self.name = name
+        self.port = 0
+        self.events: list[tuple[str, float]] = []
+        self._listening = Event()
+        self._partial = b""
+
+    def start(self, port: int = 0, timeout: float = 15.0) -> defer.Deferred:
+        """Spawn the child; fires with C{self} once it listens (on C{port}, or any)."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+        code = "from tests.integration.support import serve_named; serve_named()"
+        argv = [sys.executable, "-c", code, self.name, str(port)]
+        self.process = reactor.spawnProcess(self, sys.executable, argv, env=env, path=ROOT)
+        self._test_case.addCleanup(self.kill)
+        listening = self._listening.wait()
+        listening.addTimeout(timeout, reactor)
+        return listening
+
+    def outReceived(self, data: bytes) -> None:
+        super().outReceived(data)
+        *lines, self._partial = (self._partial + data).split(b"\n")
+        for line in lines:
+            kind, _, value = line.decode("ascii").partition(" ")
+            if kind == "listening":
+                self.port = int(value)
+                self._listening.fire(self)
+            else:
+                self.events.append((kind, float(value)))
+
+    def first(self, kind: str) -> Optional[float]:
+        """When the first event C{kind} happened, if it did."""
+        return next((when for what, when in self.events if what == kind), None)
+
+
+class _CountedConnection(Protocol):
+    """Classifies a connection by its first bytes, then drops it."""
+
+    factory: ConnectionCounter
+
+    def dataReceived(self, data: bytes) -> None:
+        if data.startswith(b"GET " + HEALTH_PATH + b" "):
+            self.factory.health_checks += 1
+        else:
+            self.factory.requests += 1
+        _abort(self.transport)
+
+
+class ConnectionCounter(ServerFactory):
+    """
+    A listener that counts the connections it accepts, as health checks or
+    real requests by their first bytes, and drops each one like a crashed
+    target would.
+    """
+
+    protocol = _CountedConnection
+
+    def __init__(self) -> None:
+        self.health_checks = 0
+        self.requests = 0
+        self._port: Any = None
+
+    def listen(self, test_case: TestCase, port: int) -> ConnectionCounter:
+        self._port = reactor.listenTCP(port, self, interface="127.0.0.1")
+        test_case.addCleanup(self.stop)
+        return self
+
+    def stop(self) -> defer.Deferred:
+        port, self._port = self._port, None
+        return port.stopListening() if port is not None else defer.succeed(None)
+
+
+@dataclass
+class Reply:
+    """One response as the load client saw it (C{status} 0: the connection broke first)."""
+
+    status: int
+    upstream: str
+    sent: float
+    received: float
+
+
+class _LoadConnection(Protocol):
+    """A keep-alive client connection sending one request at a time."""
+
+    def __init__(self) -> None:
+        self.usable = True
+        self._waiter: Optional[defer.Deferred] = None
+        self._upstream = ""
+        self._sent = 0.0
+
+    def connectionMade(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+
+    def send(self, request: bytes) -> defer.Deferred:
+        """Send C{request}; fires with its L{Reply}."""
+        self._waiter = defer.Deferred()
+        self._upstream = ""
+        self._sent = time.monotonic()
+        self.transport.write(request)  # type: ignore[union-attr]
+        return self._waiter
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.usable = False
+            _abort(self.transport)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"x-upstream":
+            self._upstream = value.decode("ascii")
+
+    def on_message_complete(self) -> None:
+        self.usable = self.usable and self._parser.should_keep_alive()
+        self._reply(self._parser.get_status_code())
+
+    def _reply(self, status: int) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            waiter.callback(Reply(status, self._upstream, self._sent, time.monotonic()))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.usable = False
+        self._reply(0)
+
+    def close(self) -> None:
+        if self.usable:
+            self.usable = False
+            _abort(self.transport)
+
+
+def _request_bytes(path: str, fields: Sequence[tuple[str, str]]) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", *(f"{n}: {v}" for n, v in fields)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+@defer.inlineCallbacks
+def send_requests(
+    test_case: TestCase,
+    port: int,
+    requests: Iterable[tuple[str, Sequence[tuple[str, str]]]],
+    concurrency: int = 20,
+) -> Any:
+    """
+    Send each C{(path, header fields)} GET of C{requests} to 127.0.0.1:C{port}
+    over C{concurrency} keep-alive connections, each one request at a time
+    (a new connection replaces one that closed); fires with the L{Reply}s
+    in the order of C{requests}. C{requests} may be an endless generator that
+    stops when the caller wants the load to end.
+    """
+    pending = enumerate(requests)
+    replies: dict[int, Reply] = {}
+
+    @defer.inlineCallbacks
+    def client() -> Steps:
+        connection: Optional[_LoadConnection] = None
+        for index, (path, fields) in pending:
+            if connection is None or not connection.usable:
+                connection = _LoadConnection()
+                yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), connection)
+                test_case.addCleanup(connection.close)
+            replies[index] = yield connection.send(_request_bytes(path, fields))
+
+    yield defer.gatherResults([client() for _ in range(concurrency)], consumeErrors=True)
+    return [replies[index] for index in sorted(replies)]

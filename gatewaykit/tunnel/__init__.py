@@ -1,0 +1,3 @@
+"""
+Byte tunnels: L4 listeners splice each client connection to a target.
+"""
