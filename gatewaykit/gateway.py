@@ -9,7 +9,7 @@ started on.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.logger import Logger
 
@@ -18,9 +18,11 @@ from gatewaykit.actions.local import Redirect, Respond
 from gatewaykit.config.model import Config, RouteConfig
 from gatewaykit.http.errors import GatewayError
 from gatewaykit.http.forwarding import UpstreamHeadBuilder
-from gatewaykit.interfaces import IRouteAction
-from gatewaykit.plugins import balancer_factories
+from gatewaykit.interfaces import IPolicy, IPolicyFactory, IRouteAction, IStateStore
+from gatewaykit.plugins import balancer_factories, policy_factories
+from gatewaykit.policies.chain import PolicyChain, PolicyContext
 from gatewaykit.routing import MethodNotAllowed, NoRoute, Router
+from gatewaykit.state import open_store
 from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.proxy import ProxyAction
 
@@ -42,7 +44,12 @@ class Gateway:
     """The live form of one L{Config}."""
 
     def __init__(
-        self, config: Config, reactor: Any, access_log: Optional[AccessLog] = None
+        self,
+        config: Config,
+        reactor: Any,
+        access_log: Optional[AccessLog] = None,
+        store: Optional[IStateStore] = None,
+        policy_types: Optional[Mapping[str, IPolicyFactory]] = None,
     ) -> None:
         self.config = config
         self.reactor = reactor
@@ -51,6 +58,11 @@ class Gateway:
         self.node = config.gateway.node
         self.via = b"1.1 " + self.node.encode("ascii", "replace")
         self.access_log = access_log
+        self._owns_store = store is None
+        self.store: IStateStore = (
+            open_store(config.gateway.redis, reactor) if store is None else store
+        )
+        self.policies = self._policies(config, reactor, policy_types)
         factories = balancer_factories()
         self.upstreams = {
             name: Upstream(upstream, reactor, factories[upstream.balancer])
@@ -61,10 +73,26 @@ class Gateway:
             name: [] for name, listener in config.listeners.items() if listener.protocol == "http"
         }
         for route_config in config.routes:
-            route = Route(route_config, self._action(route_config))
+            action = self._action(route_config)
+            if route_config.policies:
+                chain = [self.policies[name] for name in route_config.policies]
+                action = PolicyChain(chain, action)
+            route = Route(route_config, action)
             for listener in route_config.listeners:
                 entries[listener].append((route_config, route))
         self.routers = {name: Router(routes) for name, routes in entries.items()}
+
+    def _policies(
+        self, config: Config, reactor: Any, types: Optional[Mapping[str, IPolicyFactory]]
+    ) -> dict[str, IPolicy]:
+        if not config.policies:
+            return {}
+        factories = policy_factories() if types is None else types
+        context = PolicyContext(reactor, self.store, config)
+        return {
+            name: factories[policy.type].build(name, policy.options, context)
+            for name, policy in config.policies.items()
+        }
 
     def _action(self, route: RouteConfig) -> IRouteAction:
         if route.upstream is not None:
@@ -131,3 +159,9 @@ class Gateway:
         """Stop background work and release idle upstream connections."""
         for upstream in self.upstreams.values():
             upstream.close()
+        for policy in self.policies.values():
+            close = getattr(policy, "close", None)
+            if close is not None:
+                close()
+        if self._owns_store:
+            self.store.close()

@@ -86,3 +86,126 @@ class IRouteAction(Interface):
         Answer C{request} on C{stream} (an L{gatewaykit.http.stream} downstream
         stream), now or later.
         """
+
+
+class IResponseStream(Interface):
+    """
+    One request's way back to its client, whatever the protocol (HTTP/1.1
+    today). Route actions and policies write responses through it;
+    policies may wrap it (L{gatewaykit.http.stream.StreamWrapper}) to see
+    or change a response.
+    """
+
+    request = Attribute("The L{gatewaykit.http.message.Request} being answered.")
+    head_sent = Attribute("C{bool}: whether the status line has gone out.")
+    finished = Attribute("C{bool}: whether the response has ended.")
+    lost = Attribute("C{bool}: whether the client went away.")
+    handler = Attribute(
+        "An object with C{stream_lost()}, told when the client goes away, or C{None}."
+    )
+
+    def write_head(
+        status: int,
+        fields: list[tuple[bytes, bytes]],
+        content_length: Optional[int] = None,
+        reason: Optional[bytes] = None,
+    ) -> None:
+        """Send the status line and fields (no framing fields)."""
+
+    def write(data: bytes) -> None:
+        """Send a piece of the body."""
+
+    def finish() -> None:
+        """End the response."""
+
+    def abort() -> None:
+        """End a response that cannot be completed (the connection closes)."""
+
+    def respond(status: int, fields: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+        """Send a whole response with a fixed body."""
+
+    def send_error(error: Any) -> None:
+        """Answer with a L{gatewaykit.http.errors.GatewayError}'s problem body."""
+
+    def attach_body_sink(sink: Any) -> None:
+        """Deliver the request body to C{sink}."""
+
+    def registerProducer(producer: Any, streaming: bool) -> None:
+        """As C{IConsumer.registerProducer}."""
+
+    def unregisterProducer() -> None:
+        """As C{IConsumer.unregisterProducer}."""
+
+
+class IPolicy(Interface):
+    """
+    One step of a route's policy chain (SPEC section 8): it sees each request
+    before the route's action and either lets it go on or answers it.
+    """
+
+    name = Attribute("C{str}: the policy's name under C{policies:} in the config.")
+
+    def on_request(call: Any) -> Any:
+        """
+        Look at C{call} (a L{gatewaykit.policies.chain.PolicyCall}: the
+        request, the identity other policies established, the session) and
+        return C{None} to let the request go on, an answer (a
+        L{gatewaykit.http.errors.GatewayError}, or a
+        L{gatewaykit.http.message.Response}) to send instead, or a
+        C{Deferred} firing with either. To act on the response, register a
+        hook with C{call.on_response} or wrap the stream with
+        C{call.wrap_stream}.
+        """
+
+
+class IPolicyFactory(Interface):
+    """
+    A kind of policy: what a C{policies.NAME.type} names. Registered as a
+    plugin (C{IPlugin} + C{IPolicyFactory}) in a C{twisted/plugins} folder.
+    """
+
+    name = Attribute("C{str}: the type name used in configs, e.g. C{rate_limit}.")
+    options = Attribute(
+        "A L{gatewaykit.config.schema.Section} checking the policy's keys (so "
+        "mistakes are reported with line:col), or C{None} to receive the keys "
+        "as a plain C{dict}."
+    )
+
+    def build(name: str, options: Any, context: Any) -> IPolicy:
+        """
+        Make the policy C{name} from its checked C{options}. C{context} is a
+        L{gatewaykit.policies.chain.PolicyContext}: the reactor, the state
+        store, the gateway's settings.
+        """
+
+
+class IStateStore(Interface):
+    """
+    State shared by every worker process and gateway node: rate limits,
+    sessions, sticky affinity. In-process when no Redis is configured.
+    Every call returns a C{Deferred} that fires within the store's timeout
+    (or fails with L{gatewaykit.state.StoreUnavailable}).
+    """
+
+    shared = Attribute("C{bool}: whether other processes see the same state.")
+
+    def rate_limit(
+        key: str, limit: int, window: float, burst: int, algorithm: str
+    ) -> Any:
+        """
+        Decide atomically whether one more request under C{key} is allowed
+        (C{algorithm}: C{gcra}, C{sliding_window} or C{fixed_window}).
+        Fires with a L{gatewaykit.state.Decision}.
+        """
+
+    def get(key: str) -> Any:
+        """Fires with the bytes stored under C{key}, or C{None}."""
+
+    def set(key: str, value: bytes, ttl: float) -> Any:
+        """Store C{value} under C{key} for C{ttl} seconds."""
+
+    def delete(key: str) -> Any:
+        """Remove C{key}."""
+
+    def close() -> Any:
+        """Release connections (on shutdown)."""

@@ -1,5 +1,5 @@
 """
-Finding balancers (and, later, policies) through Twisted's plugin system.
+Finding balancers and policies through Twisted's plugin system.
 
 Built-in and third-party plugins are found the same way, so that a config
 name always means one thing: two plugins with the same name are an error.
@@ -14,7 +14,13 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin, getPlugins
 from zope.interface import implementer
 
-from gatewaykit.interfaces import IBalancer, IBalancerFactory, ITarget
+from gatewaykit.interfaces import (
+    IBalancer,
+    IBalancerFactory,
+    IPolicy,
+    IPolicyFactory,
+    ITarget,
+)
 
 log = Logger()
 
@@ -47,6 +53,35 @@ class LazyBalancerFactory:
         return f"<balancer plugin {self.name} from {self.path}>"
 
 
+@implementer(IPlugin, IPolicyFactory)
+class LazyPolicyFactory:
+    """
+    A policy type named in C{twisted/plugins} whose factory
+    (C{"package.module:Class"}, built with no arguments) is imported only
+    when first used.
+    """
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = name
+        self.path = path
+        self._loaded: Any = None
+
+    def _factory(self) -> Any:
+        if self._loaded is None:
+            self._loaded = _load(self.path)()
+        return self._loaded
+
+    @property
+    def options(self) -> Any:
+        return self._factory().options
+
+    def build(self, name: str, options: Any, context: Any) -> IPolicy:
+        return self._factory().build(name, options, context)
+
+    def __repr__(self) -> str:
+        return f"<policy plugin {self.name} from {self.path}>"
+
+
 def _by_name(interface: Any, kind: str) -> dict[str, Any]:
     import twisted.plugins
 
@@ -67,3 +102,8 @@ def _by_name(interface: Any, kind: str) -> dict[str, Any]:
 def balancer_factories() -> dict[str, IBalancerFactory]:
     """Every balancer factory plugin by name; raises L{DuplicatePluginName}."""
     return _by_name(IBalancerFactory, "balancer")
+
+
+def policy_factories() -> dict[str, IPolicyFactory]:
+    """Every policy factory plugin by type name; raises L{DuplicatePluginName}."""
+    return _by_name(IPolicyFactory, "policy")

@@ -18,6 +18,7 @@ from gatewaykit.accesslog import AccessLog
 from gatewaykit.config.model import Config, ListenerConfig
 from gatewaykit.gateway import Gateway
 from gatewaykit.listeners.http import HTTP11ServerFactory
+from gatewaykit.state import open_store
 
 log = Logger()
 
@@ -38,6 +39,7 @@ class GatewayService(Service):
         self.config = config
         self.reactor = reactor
         self.gateway: Optional[Gateway] = None
+        self.store: Any = None
         self.access_log: Optional[AccessLog] = None
         self.factories: dict[str, Any] = {}  # HTTP11ServerFactory or TCPProxyFactory
         self.ports: dict[str, IListeningPort] = {}
@@ -64,7 +66,8 @@ class GatewayService(Service):
             )
         if config.gateway.access_log.path != "off":
             self.access_log = AccessLog(config.gateway.access_log, self.reactor)
-        self.gateway = Gateway(config, self.reactor, self.access_log)
+        self.store = open_store(config.gateway.redis, self.reactor)
+        self.gateway = Gateway(config, self.reactor, self.access_log, self.store)
         for listener in config.listeners.values():
             factory = self._factory(listener, self.gateway)
             try:
@@ -133,6 +136,8 @@ class GatewayService(Service):
                 cast(Any, connection.transport).abortConnection()
         if self.gateway is not None:
             self.gateway.close()
+        if self.store is not None:
+            yield self.store.close()
         if self.access_log is not None:
             self.access_log.close()
         # twistd re-raises the signal that stopped the reactor once it has

@@ -25,6 +25,7 @@ from gatewaykit.config.model import (
     Limits,
     ListenerConfig,
     Match,
+    PolicyConfig,
     RouteConfig,
     TargetConfig,
     UpstreamConfig,
@@ -42,6 +43,7 @@ def make_config(
     node: str = "test-node",
     trusted_proxies: tuple = (),
     access_log: AccessLogConfig = AccessLogConfig(path="off"),
+    policies: Iterable[PolicyConfig] = (),
 ) -> Config:
     """A whole L{Config} built in code, without YAML."""
     return Config(
@@ -55,6 +57,7 @@ def make_config(
         ),
         listeners={listener.name: listener for listener in listeners},
         upstreams={upstream.name: upstream for upstream in upstreams},
+        policies={policy.name: policy for policy in policies},
         routes=tuple(routes),
     )
 
@@ -223,10 +226,12 @@ class GatewayHarness:
     connection on a C{StringTransport}.
     """
 
-    def __init__(self, config: Config, listener: str = "web") -> None:
+    def __init__(
+        self, config: Config, listener: str = "web", policy_types: Any = None
+    ) -> None:
         self.reactor = GatewayReactor()
         self.config = config
-        self.gateway = Gateway(config, self.reactor)
+        self.gateway = Gateway(config, self.reactor, policy_types=policy_types)
         self.factory = HTTP11ServerFactory(
             config.listeners[listener], self.gateway, self.reactor
         )

@@ -312,7 +312,7 @@ class EnvironmentTests(ConfigTestCase):
             self.problems("gateway:\n  ${K}: 1\n", {"K": "workers"}),
             [
                 "gw.yaml:2:3: unknown key '${K}'; expected one of: node, workers,"
-                " drain_timeout, trusted_proxies, limits, access_log"
+                " drain_timeout, trusted_proxies, limits, access_log, redis"
             ],
         )
 
@@ -346,10 +346,10 @@ class UnknownKeyTests(ConfigTestCase):
     def test_not_yet_supported(self) -> None:
         """A key from the spec that is not implemented says so."""
         self.assertEqual(
-            self.problems("policies: {}\n"),
+            self.problems("gateway: {admin: {bind: ':9901'}}\n"),
             [
-                "gw.yaml:1:1: unknown key 'policies':"
-                " not supported yet (coming with policies)"
+                "gw.yaml:1:11: unknown key 'admin':"
+                " not supported yet (coming with the admin API)"
             ],
         )
 

@@ -35,11 +35,14 @@ from gatewaykit.config.model import (
     ListenerConfig,
     Match,
     OutlierConfig,
+    PolicyConfig,
     PoolConfig,
     RedirectAction,
+    RedisConfig,
     RespondAction,
     RetryConfig,
     RouteConfig,
+    SentinelConfig,
     StaticAction,
     TargetConfig,
     UpstreamConfig,
@@ -73,8 +76,8 @@ from gatewaykit.config.schema import (
     text,
     wrong,
 )
-from gatewaykit.config.yamlpos import MapNode, Node, ScalarNode, compose
-from gatewaykit.plugins import DuplicatePluginName, balancer_factories
+from gatewaykit.config.yamlpos import MapNode, Node, ScalarNode, compose, plain
+from gatewaykit.plugins import DuplicatePluginName, balancer_factories, policy_factories
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
@@ -281,6 +284,31 @@ ACCESS_LOG = Section(
     {"path": _access_log_path, "format": one_of("combined", "json", what="format")}
 ).into(AccessLogConfig)
 
+def _redis_url(url: str) -> str:
+    scheme = url.partition("://")[0]
+    if scheme not in ("redis", "rediss") or "://" not in url:
+        raise ValueError(f"expected a redis:// or rediss:// URL, got {url!r}")
+    return url
+
+
+REDIS = Section(
+    {
+        "url": converted(_redis_url, "a redis:// URL"),
+        "sentinel": Section(
+            {
+                "master": Key(text(expected="a master name"), required=True),
+                "addresses": Key(
+                    list_of(converted(parse_target, "host:port"), non_empty=True),
+                    required=True,
+                ),
+            }
+        ).into(SentinelConfig),
+        "timeout": duration(),
+        "on_error": one_of("open", "closed", "local", what="on_error"),
+        "local_share": number(0.01, 1),
+    }
+).into(RedisConfig)
+
 GATEWAY = Section(
     {
         "node": converted(_node_name, "a node name"),
@@ -289,8 +317,9 @@ GATEWAY = Section(
         "trusted_proxies": list_of(converted(parse_network, "a CIDR")),
         "limits": LIMITS,
         "access_log": ACCESS_LOG,
+        "redis": REDIS,
     },
-    upcoming={"redis": "the Redis state store", "admin": "the admin API"},
+    upcoming={"admin": "the admin API"},
 )
 
 LISTENER = Section(
@@ -421,9 +450,9 @@ ROUTE = Section(
             }
         ).into(RespondAction),
         "timeout": duration(),
+        "policies": list_of(reference("policy"), unique=str, what="policy"),
     },
     upcoming={
-        "policies": "policies",
         "split": "traffic splitting",
         "split_by": "traffic splitting",
         "mirror": "traffic mirroring",
@@ -437,8 +466,8 @@ TOP = Section(
         "listeners": identity,
         "upstreams": identity,
         "routes": identity,
+        "policies": identity,
     },
-    upcoming={"policies": "policies"},
 )
 
 
@@ -515,6 +544,49 @@ class _Balancers:
                 f"unknown balancer {name!r}{did_you_mean(name, self.found)}"
                 f" (balancers found: {names})",
             )
+
+
+def _policies(ctx: Context, node: Node) -> dict[str, PolicyConfig]:
+    """Each policy's options, checked by its type's plugin."""
+    policies: dict[str, PolicyConfig] = {}
+    try:
+        factories: Mapping[str, Any] = policy_factories()
+    except DuplicatePluginName as e:
+        ctx.report(node, f"cannot choose policies: {e}")
+        return policies
+    for name, (key_node, body_node) in expect_map(node).entries.items():
+        try:
+            _name("policy")(name)
+        except ValueError as e:
+            ctx.report(key_node, str(e))
+        body = ctx.attempt(lambda c, n: expect_map(n), body_node)
+        if body is MISSING:
+            continue
+        entry = body.entries.get("type")
+        if entry is None:
+            ctx.report(body, "a policy needs a type: one of " + ", ".join(sorted(factories)))
+            continue
+        kind = ctx.attempt(text(expected="a policy type"), entry[1])
+        if kind is MISSING:
+            continue
+        factory = factories.get(kind)
+        if factory is None:
+            ctx.report(
+                entry[1],
+                f"unknown policy type {kind!r}{did_you_mean(kind, factories)}"
+                f" (policy types found: {', '.join(sorted(factories)) or 'none'})",
+            )
+            continue
+        options_node = MapNode(
+            body.line, body.col, {k: v for k, v in body.entries.items() if k != "type"}
+        )
+        parse = factory.options
+        options = ctx.attempt(
+            parse if parse is not None else lambda c, n: plain(n), options_node
+        )
+        if options is not MISSING:
+            policies[name] = PolicyConfig(name=name, type=kind, options=options)
+    return policies
 
 
 def _upstreams(ctx: Context, node: Node) -> dict[str, UpstreamConfig]:
@@ -608,9 +680,11 @@ def _config(ctx: Context, root: Optional[Node], digest: str) -> Optional[Config]
     # mistake in an upstream does not also show up in each route using it.
     ctx.names["listener"] = names("listeners")
     ctx.names["upstream"] = names("upstreams")
+    ctx.names["policy"] = names("policies")
     gateway = section("gateway", GATEWAY, {})
     listeners = section("listeners", _listeners, {})
     upstreams = section("upstreams", _upstreams, {})
+    policies = section("policies", _policies, {})
     routes = section("routes", lambda c, n: _routes(c, n, listeners), ())
     if ctx.problems:
         return None
@@ -620,6 +694,7 @@ def _config(ctx: Context, root: Optional[Node], digest: str) -> Optional[Config]
         gateway=GatewayConfig(**{"node": socket.gethostname(), **gateway}),
         listeners=listeners,
         upstreams=upstreams,
+        policies=policies,
         routes=routes,
     )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from types import MappingProxyType
-from typing import Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 from attrs import field, frozen
 
@@ -41,6 +41,30 @@ class AccessLogConfig:
 
 
 @frozen
+class SentinelConfig:
+    """C{gateway.redis.sentinel}: find the Redis master through Sentinels."""
+
+    master: str
+    addresses: tuple[tuple[str, int], ...]
+
+
+@frozen
+class RedisConfig:
+    """
+    C{gateway.redis}: the shared state store. C{on_error} says what rate
+    limits do when Redis cannot answer within C{timeout}: C{open} (allow),
+    C{closed} (503) or C{local} (an in-process limiter enforcing
+    C{local_share} of each limit).
+    """
+
+    url: str = "redis://127.0.0.1:6379/0"
+    sentinel: Optional[SentinelConfig] = None
+    timeout: float = 0.25
+    on_error: str = "local"
+    local_share: float = 1.0
+
+
+@frozen
 class GatewayConfig:
     """The C{gateway} section."""
 
@@ -50,6 +74,7 @@ class GatewayConfig:
     trusted_proxies: tuple[Network, ...] = ()
     limits: Limits = Limits()
     access_log: AccessLogConfig = AccessLogConfig()
+    redis: Optional[RedisConfig] = None
 
 
 @frozen
@@ -316,6 +341,18 @@ Action = Union[str, StaticAction, RedirectAction, RespondAction]
 
 
 @frozen
+class PolicyConfig:
+    """
+    One entry of C{policies}: its C{type} (a policy plugin's name) and the
+    C{options} that plugin's factory checked (its own object, or a C{dict}).
+    """
+
+    name: str
+    type: str
+    options: Any = field(eq=False, hash=False, default=None)
+
+
+@frozen
 class RouteConfig:
     """
     One entry of C{routes}. Exactly one of C{upstream}, C{static},
@@ -331,6 +368,7 @@ class RouteConfig:
     redirect: Optional[RedirectAction] = None
     respond: Optional[RespondAction] = None
     timeout: Optional[float] = None  # overrides the upstream's response timeout
+    policies: tuple[str, ...] = ()  # names under the top-level policies, in order
 
 
 def frozen_mapping(items: Mapping) -> Mapping:
@@ -351,4 +389,5 @@ class Config:
     upstreams: Mapping[str, UpstreamConfig] = field(
         factory=dict, converter=frozen_mapping
     )
+    policies: Mapping[str, PolicyConfig] = field(factory=dict, converter=frozen_mapping)
     routes: tuple[RouteConfig, ...] = ()

@@ -65,6 +65,15 @@ class MapNode:
 
 Node = Union[ScalarNode, ListNode, MapNode]
 
+
+def plain(node: Node) -> Any:
+    """The plain Python value of C{node}: dicts, lists and scalars."""
+    if isinstance(node, MapNode):
+        return {key: plain(value) for key, (_, value) in node.entries.items()}
+    if isinstance(node, ListNode):
+        return [plain(item) for item in node.items]
+    return node.value
+
 _REFERENCE = re.compile(
     r"\$\$\{"  # an escaped, literal "${"
     r"|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html
 import json
-from typing import Optional
+from typing import Any, Optional
 
 from gatewaykit.http.wire import reason_for
 
@@ -22,6 +22,10 @@ class GatewayError(Exception):
     @ivar detail: a human-readable explanation for this occurrence.
     @ivar headers: extra response fields, e.g. C{Allow} on a 405.
     @ivar close: whether the connection must close after the answer.
+    @ivar problem_type: the problem's C{type} URI, when not
+        C{urn:gatewaykit:error:<code>} (e.g. the rate-limit draft's
+        quota-exceeded type).
+    @ivar extensions: extra members of the problem body.
     """
 
     def __init__(
@@ -31,6 +35,8 @@ class GatewayError(Exception):
         detail: str = "",
         headers: tuple[tuple[bytes, bytes], ...] = (),
         close: bool = False,
+        problem_type: Optional[str] = None,
+        extensions: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__(f"{status} {code}: {detail}")
         self.status = status
@@ -38,6 +44,8 @@ class GatewayError(Exception):
         self.detail = detail
         self.headers = headers
         self.close = close
+        self.problem_type = problem_type
+        self.extensions = extensions or {}
 
 
 def bad_request(detail: str) -> GatewayError:
@@ -66,10 +74,11 @@ def problem_body(
         )
         return page.encode("utf-8"), b"text/html; charset=utf-8"
     body = {
-        "type": PROBLEM_TYPE + error.code,
+        "type": error.problem_type or PROBLEM_TYPE + error.code,
         "title": title,
         "status": error.status,
         "detail": error.detail,
         "request_id": request_id,
+        **error.extensions,
     }
     return json.dumps(body).encode("utf-8"), b"application/problem+json"

@@ -81,6 +81,22 @@ class Headers:
         return f"Headers({self.raw!r})"
 
 
+class Response:
+    """A whole response made by the gateway (or a policy): status, fields, body."""
+
+    __slots__ = ("status", "fields", "body")
+
+    def __init__(
+        self, status: int, fields: Optional[list[tuple[bytes, bytes]]] = None, body: bytes = b""
+    ) -> None:
+        self.status = status
+        self.fields = fields if fields is not None else []
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {len(self.body)} bytes>"
+
+
 class Request:
     """
     One client request as the router, policies and actions see it.

@@ -22,9 +22,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from gatewaykit.config.model import ListenerConfig
-from gatewaykit.http.errors import GatewayError, bad_request, problem_body
+from gatewaykit.http.errors import GatewayError, bad_request
 from gatewaykit.http.forwarding import client_ip, is_sane_request_id, new_request_id
 from gatewaykit.http.message import Headers, Request
+from gatewaykit.http.stream import ResponseMethods
 from gatewaykit.http.wire import (
     HOP_BY_HOP,
     LAST_CHUNK,
@@ -33,6 +34,7 @@ from gatewaykit.http.wire import (
     reason_for,
     serialize_fields,
 )
+from gatewaykit.interfaces import IResponseStream
 from gatewaykit.routing.paths import BadPath, normalise_path
 from gatewaykit.timer import Timer
 
@@ -64,8 +66,8 @@ class _Refused(Exception):
         self.error = error
 
 
-@implementer(IConsumer)
-class HTTP11Stream:
+@implementer(IConsumer, IResponseStream)
+class HTTP11Stream(ResponseMethods):
     """
     One request on an HTTP/1.1 connection and the response written to it.
 
@@ -249,32 +251,9 @@ class HTTP11Stream:
             self.unregisterProducer()
             self._protocol._stream_finished(self, complete=False)
 
-    def respond(
-        self, status: int, fields: list[tuple[bytes, bytes]], body: bytes = b""
-    ) -> None:
-        """Send a whole response with a fixed body, adding C{Date}."""
-        fields.append((b"Date", self._protocol.factory.date()))
-        self.write_head(status, fields, len(body))
-        self.write(body)
-        self.finish()
-
-    def send_error(self, error: GatewayError) -> None:
-        """Answer with C{error}'s problem body, or cut the response if started."""
-        if self.head_sent:
-            self.abort()
-            return
-        if error.close:
-            self.close_after = True
-        request = self.request
-        body, content_type = problem_body(
-            error, request.request_id, request.headers.get(b"accept")
-        )
-        fields = [
-            (b"Content-Type", content_type),
-            (b"X-Request-ID", request.request_id.encode("ascii")),
-        ]
-        fields.extend(error.headers)
-        self.respond(error.status, fields, body)
+    def date(self) -> bytes:
+        """The current C{Date} value (formatted once a second)."""
+        return self._protocol.factory.date()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         if self.lost:

@@ -1,0 +1,186 @@
+"""
+Running a route's policies in order before its action (SPEC section 8).
+
+Each policy returns "go on" (C{None}) or an answer, now or later (a
+C{Deferred}); a policy that wants to see or change the response registers a
+hook or wraps the stream. Wrappers nest like middleware: the first policy
+listed is the outermost, so it sees the response last.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatewaykit.http.errors import GatewayError
+from gatewaykit.http.message import Request, Response
+from gatewaykit.http.stream import StreamWrapper
+from gatewaykit.interfaces import IPolicy, IResponseStream, IRouteAction, IStateStore
+
+log = Logger()
+
+ResponseHook = Callable[[int, list[tuple[bytes, bytes]]], None]
+
+
+class Identity:
+    """
+    Who a request comes from, as the authentication policy that recognised
+    it says: C{kind} (C{api_key}, C{jwt}, C{basic}, C{forward_auth}, ...),
+    C{subject} (key name, C{sub} claim, user name), C{scopes} and C{claims}
+    (for C{authorize} and for headers sent upstream).
+    """
+
+    __slots__ = ("kind", "subject", "scopes", "claims")
+
+    def __init__(
+        self,
+        kind: str,
+        subject: str,
+        scopes: frozenset[str] = frozenset(),
+        claims: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.kind = kind
+        self.subject = subject
+        self.scopes = scopes
+        self.claims = claims if claims is not None else {}
+
+    def __repr__(self) -> str:
+        return f"<Identity {self.kind}:{self.subject}>"
+
+
+class PolicyContext:
+    """
+    What a policy factory gets to build a policy: the reactor (clock and
+    network), the state store, and the whole config (for the gateway's node
+    name, trusted proxies...).
+    """
+
+    def __init__(self, reactor: Any, store: IStateStore, config: Any) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.config = config
+
+
+class _HeadHook(StreamWrapper):
+    """Runs a hook on the status and fields before they go out."""
+
+    def __init__(self, inner: Any, hook: ResponseHook) -> None:
+        super().__init__(inner)
+        self._hook = hook
+
+    def write_head(
+        self,
+        status: int,
+        fields: list[tuple[bytes, bytes]],
+        content_length: Optional[int] = None,
+        reason: Optional[bytes] = None,
+    ) -> None:
+        self._hook(status, fields)
+        self.inner.write_head(status, fields, content_length, reason)
+
+
+class PolicyCall:
+    """
+    One request on its way through a policy chain.
+
+    @ivar identity: set by an authentication policy, read by others.
+    @ivar session: set by the C{session} policy.
+    @ivar values: free room for plugins, by their own keys.
+    """
+
+    __slots__ = ("request", "stream", "identity", "session", "values", "_wrappers")
+
+    def __init__(self, request: Request, stream: IResponseStream) -> None:
+        self.request = request
+        self.stream = stream
+        self.identity: Optional[Identity] = None
+        self.session: Any = None
+        self.values: dict[str, Any] = {}
+        self._wrappers: list[Callable[[Any], Any]] = []
+
+    def on_response(self, hook: ResponseHook) -> None:
+        """Call C{hook(status, fields)} on the response head; it may change C{fields}."""
+        self._wrappers.append(lambda inner: _HeadHook(inner, hook))
+
+    def wrap_stream(self, wrap: Callable[[Any], Any]) -> None:
+        """Have the response go through C{wrap(inner_stream)}."""
+        self._wrappers.append(wrap)
+
+    def outgoing_stream(self) -> Any:
+        """The stream the action (or an answer) writes to, wrappers applied."""
+        stream = self.stream
+        for wrap in reversed(self._wrappers):
+            stream = wrap(stream)
+        self._wrappers = []
+        self.stream = stream
+        return stream
+
+
+@implementer(IRouteAction)
+class PolicyChain:
+    """A route's policies, then its action."""
+
+    def __init__(self, policies: Sequence[IPolicy], action: IRouteAction) -> None:
+        self.policies = tuple(policies)
+        self.action = action
+
+    def handle(self, request: Request, stream: Any) -> None:
+        self._run(PolicyCall(request, stream), 0)
+
+    def _run(self, call: PolicyCall, index: int) -> None:
+        policies = self.policies
+        while index < len(policies):
+            policy = policies[index]
+            index += 1
+            try:
+                result = policy.on_request(call)
+            except Exception:
+                self._crashed(Failure(), call, policy)
+                return
+            if result is None:
+                continue
+            if isinstance(result, Deferred):
+                result.addCallbacks(
+                    self._resumed,
+                    self._crashed,
+                    callbackArgs=(call, index),
+                    errbackArgs=(call, policy),
+                )
+                return
+            self._answer(call, result)
+            return
+        self.action.handle(call.request, call.outgoing_stream())
+
+    def _resumed(self, result: Any, call: PolicyCall, index: int) -> None:
+        if call.stream.lost:
+            return
+        if result is None:
+            self._run(call, index)
+        else:
+            self._answer(call, result)
+
+    def _answer(self, call: PolicyCall, answer: Any) -> None:
+        stream = call.outgoing_stream()
+        if isinstance(answer, GatewayError):
+            stream.send_error(answer)
+        elif isinstance(answer, Response):
+            stream.respond(answer.status, list(answer.fields), answer.body)
+        else:
+            raise TypeError(f"a policy answered {answer!r}, not a GatewayError or Response")
+
+    def _crashed(self, failure: Failure, call: PolicyCall, policy: IPolicy) -> None:
+        log.failure(
+            "policy {policy} failed on {request!r}",
+            failure,
+            policy=getattr(policy, "name", policy),
+            request=call.request,
+        )
+        stream = call.stream
+        if not stream.lost and not stream.finished:
+            stream.send_error(
+                GatewayError(500, "internal_error", "the gateway failed on this request")
+            )

@@ -1,0 +1,47 @@
+"""
+The state store: rate limits, sessions and sticky affinity shared by every
+worker process and gateway node (L{gatewaykit.interfaces.IStateStore}).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+
+
+class StoreUnavailable(Exception):
+    """The store could not answer in time (Redis down, slow or restarting)."""
+
+
+@frozen
+class Decision:
+    """
+    A rate-limit decision.
+
+    @ivar allowed: whether this request may go on.
+    @ivar limit: the quota (C{limit} + C{burst}).
+    @ivar remaining: requests left now (never negative).
+    @ivar reset_after: seconds until the quota is whole again.
+    @ivar retry_after: seconds until one request would be allowed (0 when allowed).
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_after: float
+    retry_after: float = 0.0
+
+
+def open_store(config: Any, reactor: Any) -> Any:
+    """
+    The store for C{gateway.redis} (a L{gatewaykit.config.model.RedisConfig},
+    or C{None} for the in-process store).
+    """
+    if config is None:
+        from gatewaykit.state.memory import MemoryStore
+
+        return MemoryStore(reactor)
+    from gatewaykit.state.redis import RedisStore
+
+    return RedisStore(config, reactor)
