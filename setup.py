@@ -29,6 +29,9 @@ setup(
         "PyYAML>=6",
         "prometheus-client",
         "attrs>=23",
+        "PyJWT[crypto]>=2.8",
+        "libpass>=1.9",
+        "bcrypt>=4",
     ],
     extras_require={
         "dev": ["hypothesis", "mypy", "mypy-zope", "ruff"],

@@ -7,7 +7,7 @@ scanning for plugins, so it must stay cheap and must not touch the reactor.
 
 from twisted.application.service import ServiceMaker
 
-from gatewaykit.plugins import LazyBalancerFactory
+from gatewaykit.plugins import LazyBalancerFactory, LazyPolicyFactory
 
 gatewaykit = ServiceMaker(
     "gatewaykit",
@@ -33,3 +33,16 @@ weighted_random = LazyBalancerFactory(
 consistent_hash = LazyBalancerFactory(
     "hash", "gatewaykit.upstream.balancers:ConsistentHash"
 )
+
+# Policies (SPEC section 2, "policies"), registered like any third party's.
+api_key = LazyPolicyFactory("api_key", "gatewaykit.policies.api_key:APIKeyFactory")
+jwt = LazyPolicyFactory("jwt", "gatewaykit.policies.jwt:JWTFactory")
+basic_auth = LazyPolicyFactory("basic_auth", "gatewaykit.policies.basic_auth:BasicAuthFactory")
+forward_auth = LazyPolicyFactory(
+    "forward_auth", "gatewaykit.policies.forward_auth:ForwardAuthFactory"
+)
+authorize = LazyPolicyFactory("authorize", "gatewaykit.policies.authorize:AuthorizeFactory")
+ip_filter = LazyPolicyFactory("ip_filter", "gatewaykit.policies.ip_filter:IPFilterFactory")
+cors = LazyPolicyFactory("cors", "gatewaykit.policies.cors:CORSFactory")
+rate_limit = LazyPolicyFactory("rate_limit", "gatewaykit.policies.rate_limit:RateLimitFactory")
+session = LazyPolicyFactory("session", "gatewaykit.policies.session:SessionFactory")
