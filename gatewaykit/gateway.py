@@ -65,7 +65,7 @@ class Gateway:
         self.policies = self._policies(config, reactor, policy_types)
         factories = balancer_factories()
         self.upstreams = {
-            name: Upstream(upstream, reactor, factories[upstream.balancer])
+            name: Upstream(upstream, reactor, factories[upstream.balancer], self.store)
             for name, upstream in config.upstreams.items()
         }
         self._head_builder = UpstreamHeadBuilder(self.node, config.gateway.trusted_proxies)

@@ -44,6 +44,7 @@ from gatewaykit.config.model import (
     RouteConfig,
     SentinelConfig,
     StaticAction,
+    StickyConfig,
     TargetConfig,
     UpstreamConfig,
     UpstreamTimeouts,
@@ -381,6 +382,9 @@ UPSTREAM = Section(
         "circuit_breaker": Section(
             {"max_requests": integer(minimum=1), "max_pending": integer(minimum=1)}
         ).into(CircuitBreakerConfig),
+        "sticky": Section(
+            {"cookie": converted(_token("cookie name"), "a cookie name"), "ttl": duration()}
+        ).into(StickyConfig),
         "timeouts": Section(
             {"connect": duration(), "response": duration(), "idle": duration()}
         ).into(UpstreamTimeouts),
@@ -388,10 +392,7 @@ UPSTREAM = Section(
             {"max_idle_per_target": integer(minimum=0), "idle_timeout": duration()}
         ).into(PoolConfig),
     },
-    upcoming={
-        "sticky": "sticky sessions",
-        "tls": "https upstreams",
-    },
+    upcoming={"tls": "https upstreams"},
 )
 
 MATCH = Section(

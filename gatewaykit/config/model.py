@@ -226,6 +226,19 @@ class CircuitBreakerConfig:
 
 
 @frozen
+class StickyConfig:
+    """
+    C{upstreams.NAME.sticky}: the first response sets C{cookie} naming the
+    client's session; later requests with it go to the same target while it
+    is available. The session -> target map lives in the state store for
+    C{ttl} (refreshed by use), so every worker and node agrees.
+    """
+
+    cookie: str = "gk_sticky"
+    ttl: float = 3600.0
+
+
+@frozen
 class UpstreamConfig:
     """One entry of C{upstreams}."""
 
@@ -238,6 +251,7 @@ class UpstreamConfig:
     outlier: Optional[OutlierConfig] = None
     retries: RetryConfig = DEFAULT_RETRIES
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    sticky: Optional[StickyConfig] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     pool: PoolConfig = PoolConfig()
 

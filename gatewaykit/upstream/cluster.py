@@ -12,7 +12,7 @@ from typing import Any, Collection, Optional
 from twisted.logger import Logger
 
 from gatewaykit.config.model import UpstreamConfig
-from gatewaykit.interfaces import IBalancer, IBalancerFactory, ITarget
+from gatewaykit.interfaces import IBalancer, IBalancerFactory, IStateStore, ITarget
 from gatewaykit.upstream.pool import ConnectionPool
 from gatewaykit.upstream.target import Target
 
@@ -76,7 +76,11 @@ class Upstream:
     """
 
     def __init__(
-        self, config: UpstreamConfig, reactor: Any, balancer_factory: IBalancerFactory
+        self,
+        config: UpstreamConfig,
+        reactor: Any,
+        balancer_factory: IBalancerFactory,
+        store: Optional[IStateStore] = None,
     ) -> None:
         from gatewaykit.upstream.health import HealthChecker
         from gatewaykit.upstream.outlier import OutlierDetector
@@ -97,6 +101,8 @@ class Upstream:
             if config.outlier is not None
             else None
         )
+        self.store = store
+        self._by_address = {target.address: target for target in self.targets}
         self.in_flight = 0
         self.pending = 0
         self.retry_budget = RetryBudget(config.retries.budget_percent, reactor)
@@ -117,6 +123,10 @@ class Upstream:
     def pick(self, request: Any, exclude: Collection[ITarget] = ()) -> Optional[ITarget]:
         """An available target for C{request}, not in C{exclude} when possible."""
         return self.balancer.pick(request, exclude)
+
+    def target_at(self, address: str) -> Optional[Target]:
+        """The target with C{address}, if this upstream has one."""
+        return self._by_address.get(address)
 
     def record(self, target: Target, failure: Optional[str]) -> None:
         """

@@ -19,6 +19,8 @@ from gatewaykit.interfaces import IRouteAction
 from gatewaykit.timer import Timer
 from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.connection import InvalidResponse, UpstreamConnection
+from gatewaykit.upstream.sticky import StickySession
+from gatewaykit.upstream.target import Target
 
 # Methods a stale pooled connection may be retried for (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -75,6 +77,7 @@ class ProxyExchange:
         self._waiting = False  # counted in upstream.pending
         self._reused = False
         self._fresh_retry = False
+        self._sticky: Optional[StickySession] = None
         self._body_attached = False
         self._request_sent = False
         self._response_started = False
@@ -97,7 +100,11 @@ class ProxyExchange:
             return
         upstream.in_flight += 1
         upstream.retry_budget.request()
-        self._attempt()
+        if upstream.config.sticky is not None:
+            self._sticky = StickySession(upstream, self._request)
+            self._sticky.lookup().addCallback(self._attempt)
+        else:
+            self._attempt()
 
     def touch(self) -> None:
         """Note progress, postponing the idle timeout."""
@@ -105,9 +112,14 @@ class ProxyExchange:
 
     # -- attempts -------------------------------------------------------------
 
-    def _attempt(self) -> None:
+    def _attempt(self, preferred: Optional[Target] = None) -> None:
+        if self._done:
+            return  # the client left during the sticky lookup
         upstream = self._upstream
-        target = upstream.pick(self._request, self._tried)
+        if preferred is not None and preferred.available:
+            target: Any = preferred
+        else:
+            target = upstream.pick(self._request, self._tried)
         if target is None and self._tried:
             # No other target: the retry goes to one already tried.
             target = upstream.pick(self._request)
@@ -284,12 +296,10 @@ class ProxyExchange:
         self._idle.set(self._action.idle_timeout)
         target.record_latency(self._action.clock.seconds() - self._sent_at)
         stream = self._stream
-        stream.write_head(
-            status,
-            downstream_fields(fields, self._request.request_id, self._action.via, hop_by_hop),
-            content_length,
-            reason or None,
-        )
+        out = downstream_fields(fields, self._request.request_id, self._action.via, hop_by_hop)
+        if self._sticky is not None:
+            self._sticky.served_by(target, out)
+        stream.write_head(status, out, content_length, reason or None)
         stream.registerProducer(self._connection, True)
 
     def response_body(self, data: bytes) -> None:
