@@ -207,6 +207,41 @@ def parse_response(data: bytes, head_request: bool = False) -> Response:
     return responses[0]
 
 
+def install_plugin_folder(case: Any, folder: str) -> None:
+    """
+    Make C{folder} (holding a package and its C{twisted/plugins/} folder)
+    importable and its plugins found for the rest of test C{case}, as if a
+    process had started with it on C{sys.path} (a third party's installed
+    package). Undone at the test's cleanup.
+    """
+    import importlib
+    import os
+    import sys
+
+    from twisted.plugin import pluginPackagePaths
+
+    from twisted import plugins as twisted_plugins
+
+    sys.path.append(folder)
+    importlib.invalidate_caches()
+    # twisted.plugins computes its __path__ (the folders getPlugins scans)
+    # from sys.path when first imported: add what a fresh process would.
+    search = twisted_plugins.__path__
+    before = list(search)
+    search.extend(p for p in pluginPackagePaths("twisted.plugins") if p not in before)
+
+    def uninstall() -> None:
+        sys.path.remove(folder)
+        search[:] = before
+        for name, module in list(sys.modules.items()):
+            if (getattr(module, "__file__", None) or "").startswith(folder + os.sep):
+                del sys.modules[name]
+                if name.startswith("twisted.plugins."):
+                    delattr(twisted_plugins, name.rpartition(".")[2])
+
+    case.addCleanup(uninstall)
+
+
 class TCPStringTransport(StringTransport):
     """A C{StringTransport} with the TCP-only methods the codecs call."""
 

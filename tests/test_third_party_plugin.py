@@ -5,14 +5,13 @@ a folder on C{sys.path} holding its module and a C{twisted/plugins/} folder.
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import subprocess
 import sys
 
 from twisted.internet.testing import MemoryReactorClock
-from twisted.plugin import IPlugin, pluginPackagePaths
+from twisted.plugin import IPlugin
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -21,7 +20,7 @@ from gatewaykit.gateway import Gateway
 from gatewaykit.http.message import Request
 from gatewaykit.interfaces import IBalancerFactory
 from gatewaykit.plugins import DuplicatePluginName, balancer_factories
-from twisted import plugins as twisted_plugins
+from gatewaykit.testing import install_plugin_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "third_party")
@@ -40,31 +39,10 @@ routes:
 
 
 def ship(case: SynchronousTestCase, fixture: str) -> str:
-    """
-    Put a copy of the fixture folder C{fixture} on C{sys.path}, as a third
-    party's installed package would be, for the rest of C{case}; its path.
-    """
+    """Install a copy of the fixture folder C{fixture} for the rest of C{case}."""
     folder = os.path.abspath(case.mktemp())
     shutil.copytree(os.path.join(FIXTURES, fixture), folder)
-    sys.path.append(folder)
-    importlib.invalidate_caches()
-    # twisted.plugins computes its __path__ (the folders getPlugins scans)
-    # from sys.path when it is first imported; a process started with the
-    # folder on sys.path would have it there, so add what it would add.
-    search = twisted_plugins.__path__
-    before = list(search)
-    search.extend(p for p in pluginPackagePaths("twisted.plugins") if p not in before)
-
-    def unship() -> None:
-        sys.path.remove(folder)
-        search[:] = before
-        for name, module in list(sys.modules.items()):
-            if (getattr(module, "__file__", None) or "").startswith(folder + os.sep):
-                del sys.modules[name]
-                if name.startswith("twisted.plugins."):
-                    delattr(twisted_plugins, name.rpartition(".")[2])
-
-    case.addCleanup(unship)
+    install_plugin_folder(case, folder)
     return folder
 
 

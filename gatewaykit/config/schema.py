@@ -421,7 +421,22 @@ class Section:
 
     def into(self, build: Callable[..., Any]) -> Parser:
         """A parser building C{build(**values)}, e.g. a model class."""
-        return lambda ctx, node: build(**self(ctx, node))
+        return _Built(self, build)
+
+
+class _Built:
+    """
+    A L{Section} whose values build an object. A callable object rather
+    than a function, so it stays a plain parser when a plugin keeps it as a
+    class attribute (C{options = Section(...).into(...)}).
+    """
+
+    def __init__(self, section: Section, build: Callable[..., Any]) -> None:
+        self.section = section
+        self.build = build
+
+    def __call__(self, ctx: Context, node: Node) -> Any:
+        return self.build(**self.section(ctx, node))
 
 
 def pairs(value: Parser, key_check: Optional[Check] = None) -> Parser:
