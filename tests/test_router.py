@@ -729,3 +729,34 @@ class ReferenceTests(SynchronousTestCase):
         except NoRoute:
             got = None
         self.assertEqual(got, _reference(configs, req))
+
+
+class PreflightTests(SynchronousTestCase):
+    """CORS preflights go to the route of the method they ask about."""
+
+    def router(self) -> Router[str]:
+        return router(
+            route("gets", path_prefix="/api", methods=("GET",)),
+            route("puts", 1, path_prefix="/api", methods=("PUT",)),
+        )
+
+    def preflight(self, method: bytes, origin: bool = True) -> Request:
+        fields = [(b"Access-Control-Request-Method", method)]
+        if origin:
+            fields.append((b"Origin", b"https://app.example"))
+        return Request("OPTIONS", b"/api/x", "/api/x", headers=Headers(fields))
+
+    def test_preflight_routed_by_asked_method(self):
+        """A preflight for PUT reaches the PUT route even though it lists no OPTIONS."""
+        self.assertEqual(self.router().match(self.preflight(b"PUT")), "puts")
+        self.assertEqual(self.router().match(self.preflight(b"get")), "gets")
+
+    def test_plain_options_not_special(self):
+        """OPTIONS without Origin is matched on OPTIONS, as any method."""
+        with self.assertRaises(MethodNotAllowed):
+            self.router().match(self.preflight(b"PUT", origin=False))
+
+    def test_unserved_method_falls_back(self):
+        """A preflight for a method no route serves is matched as OPTIONS."""
+        with self.assertRaises(MethodNotAllowed):
+            self.router().match(self.preflight(b"DELETE"))

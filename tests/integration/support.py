@@ -3,6 +3,9 @@ Pieces the end-to-end tests share: a real C{twistd gatewaykit} process,
 upstream servers in the test process, clients (curl and raw TCP) and
 waiting for conditions.
 
+A real C{redis-server} (L{RedisServer}) and a small RESP client
+(L{RespClient}) serve the tcp and rate-limit tests.
+
 Every piece registers its own cleanup with the test case that made it, so a
 failing test still leaves no process, port or connection behind.
 """
@@ -14,8 +17,11 @@ import json
 import os
 import re
 import shutil
+import signal
+import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterable, Optional, Sequence
 from urllib.parse import parse_qs
@@ -177,6 +183,18 @@ def cluster_config(ports: Sequence[int], weights: Sequence[int] = (), **upstream
         for port, weight in zip(ports, weights or ports, strict=True)
     ]
     app.update(upstream)
+    return config
+
+
+def with_policies(config: dict, policies: dict, **route_policies: Sequence[str]) -> dict:
+    """
+    C{config} with the top-level C{policies}, and each route named in
+    C{route_policies} applying the policies listed for it, in order.
+    """
+    config["policies"] = policies
+    for each in config["routes"]:
+        if each["name"] in route_policies:
+            each["policies"] = list(route_policies[each["name"]])
     return config
 
 
@@ -559,6 +577,27 @@ class UpstreamServer(Site):
 def start_upstream(test_case: TestCase) -> UpstreamServer:
     """A listening L{UpstreamServer}, stopped on cleanup."""
     return UpstreamServer().listen(test_case)
+
+
+def serve_resource(test_case: TestCase, resource: Resource) -> int:
+    """
+    Serve a twisted.web C{resource} (an auth service, a JWKS...) on
+    127.0.0.1 until cleanup; its port.
+    """
+    site = Site(resource)
+    site.noisy = False
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
+    test_case.addCleanup(port.stopListening)
+    return int(port.getHost().port)  # type: ignore[attr-defined]
+
+
+@defer.inlineCallbacks
+def closed_port() -> Any:
+    """A 127.0.0.1 port nothing listens on (it was just bound and released)."""
+    port = reactor.listenTCP(0, ServerFactory(), interface="127.0.0.1")
+    number = port.getHost().port  # type: ignore[attr-defined]
+    yield port.stopListening()
+    return number
 
 
 def _abort(transport: Any) -> None:
@@ -1115,3 +1154,308 @@ def send_requests(
 
     yield defer.gatherResults([client() for _ in range(concurrency)], consumeErrors=True)
     return [replies[index] for index in sorted(replies)]
+
+
+# -- redis-server and a RESP client -------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REPLY_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RedisError(Exception):
+    """An error reply."""
+
+
+_INCOMPLETE: Any = object()
+
+
+def _parse_resp(buffer: bytearray, start: int) -> tuple[Any, int]:
+    """The RESP2 value at C{buffer[start:]} and where it ends, or C{_INCOMPLETE}."""
+    end = buffer.find(b"\r\n", start)
+    if end == -1:
+        return _INCOMPLETE, start
+    kind, line = buffer[start : start + 1], bytes(buffer[start + 1 : end])
+    position = end + 2
+    if kind == b"+":
+        return line.decode("utf-8"), position
+    if kind == b"-":
+        return RedisError(line.decode("utf-8")), position
+    if kind == b":":
+        return int(line), position
+    if kind == b"$":
+        size = int(line)
+        if size == -1:
+            return None, position
+        if len(buffer) < position + size + 2:
+            return _INCOMPLETE, start
+        return bytes(buffer[position : position + size]), position + size + 2
+    if kind == b"*":
+        count = int(line)
+        if count == -1:
+            return None, position
+        items = []
+        for _ in range(count):
+            item, position = _parse_resp(buffer, position)
+            if item is _INCOMPLETE:
+                return _INCOMPLETE, start
+            items.append(item)
+        return items, position
+    raise ValueError(f"unexpected reply {bytes(buffer[start : start + 40])!r}")
+
+
+class RespClient(Protocol):
+    """Sends Redis commands and parses the replies, one command at a time or pipelined."""
+
+    transport: Any
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._waiting: deque[defer.Deferred] = deque()
+        self.closed = Event()
+
+    def command(self, *args: Any) -> defer.Deferred:
+        """Send one command; fires with its reply (errors as L{RedisError})."""
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            value = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
+            parts.append(b"$%d\r\n" % len(value))
+            parts.append(value)
+            parts.append(b"\r\n")
+        self.transport.writeSequence(parts)
+        reply: defer.Deferred = defer.Deferred()
+        self._waiting.append(reply)
+        reply.addTimeout(REPLY_TIMEOUT, reactor)
+        return reply
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        while self._waiting:
+            value, end = _parse_resp(self._buffer, 0)
+            if value is _INCOMPLETE:
+                return
+            del self._buffer[:end]
+            waiter = self._waiting.popleft()
+            if isinstance(value, RedisError):
+                waiter.errback(value)
+            else:
+                waiter.callback(value)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        waiting, self._waiting = self._waiting, deque()
+        for waiter in waiting:
+            waiter.errback(reason)
+        self.closed.fire()
+
+    def close(self) -> defer.Deferred:
+        if not self.closed.happened:
+            self.transport.abortConnection()
+        return self.closed.wait()
+
+
+@defer.inlineCallbacks
+def connect_resp(test_case: Any, port: int) -> Any:
+    """A L{RespClient} connected to 127.0.0.1:C{port}, closed on cleanup."""
+    client = RespClient()
+    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), client)
+    test_case.addCleanup(client.close)
+    return client
+
+
+class RedisServer(ProcessProtocol):
+    """
+    A C{redis-server} on a free loopback port, in its own folder, never
+    persisting; it can be killed, paused (C{SIGSTOP}, like a hung server)
+    and started again on the same port.
+    """
+
+    def __init__(self, test_case: Any) -> None:
+        self._test_case = test_case
+        self.port = 0
+        self.output: list[bytes] = []
+        self.ended = Event()
+        self._process: Any = None
+        self._directory = ""
+
+    @defer.inlineCallbacks
+    def start(self) -> Any:
+        """Spawn it (on its earlier port, if it had one); fire with C{self} once it answers PING."""
+        if not self._directory:
+            self._directory = os.path.abspath(self._test_case.mktemp())
+            os.makedirs(self._directory)
+            self.port = free_port()
+            self._test_case.addCleanup(self.kill)
+        args = self.spawn_arguments(self._directory)
+        self.ended = Event()
+        self._process = reactor.spawnProcess(self, args[0], args, env={}, path=self._directory)
+        deadline = reactor.seconds() + 10
+        while True:
+            if self.ended.happened:
+                raise RuntimeError(f"redis-server exited: {b''.join(self.output)!r}")
+            try:
+                pong = yield self.command("PING")
+                if pong == "PONG":
+                    return self
+            except Exception:
+                if reactor.seconds() > deadline:
+                    raise
+            yield sleep(0.05)
+
+    def spawn_arguments(self, directory: str) -> list[str]:
+        """The command line (a subclass may run it differently, e.g. as a Sentinel)."""
+        return [
+            REDIS_SERVER,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", directory,
+        ]  # fmt: skip
+
+    @defer.inlineCallbacks
+    def command(self, *args: Any) -> Any:
+        """Run one command on a connection of its own; fires with the reply."""
+        client = yield connect_resp(self._test_case, self.port)
+        try:
+            reply = yield client.command(*args)
+        finally:
+            yield client.close()
+        return reply
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.fire()
+
+    def signal(self, name: str) -> None:
+        """Send signal C{name} (C{"STOP"}, C{"CONT"}, ...)."""
+        # Twisted only knows the names KILL, TERM and INT.
+        self._process.signalProcess(int(getattr(signal, "SIG" + name)))
+
+    def kill(self) -> defer.Deferred:
+        """SIGKILL; fires once it is gone."""
+        if not self.ended.happened and self._process is not None:
+            try:
+                self._process.signalProcess("KILL")
+            except ProcessExitedAlready:
+                pass
+        return self.ended.wait()
+
+    @defer.inlineCallbacks
+    def restart(self) -> Any:
+        """Kill it and start a new, empty one on the same port."""
+        yield self.kill()
+        result = yield self.start()
+        return result
+
+
+# -- a recording load client --------------------------------------------------------
+
+
+@dataclass
+class Answer:
+    """
+    One response as a L{Load} client saw it: status (0: the connection broke,
+    or no answer within the give-up time), fields by lower-case name, and
+    the wall-clock times (C{time.time()}, Redis's clock too) it was sent and
+    received at.
+    """
+
+    status: int
+    fields: dict[str, str]
+    sent: float
+    received: float
+
+    @property
+    def latency(self) -> float:
+        return self.received - self.sent
+
+
+class _RecordingConnection(_LoadConnection):
+    """A L{_LoadConnection} that keeps every response's fields."""
+
+    def send(self, request: bytes) -> defer.Deferred:
+        fields: dict[str, str] = {}
+        self._fields = fields
+        sent = time.time()
+        return super().send(request).addCallback(
+            lambda reply: Answer(reply.status, fields, sent, time.time())
+        )
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._fields[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+
+class Load:
+    """
+    C{clients} keep-alive connections to 127.0.0.1:C{port}, each sending
+    C{GET path} with C{fields} one request at a time (C{pause} seconds
+    apart) from L{start} until L{stop}; each answer is recorded as it comes,
+    in C{answers} (one list per client).
+    """
+
+    def __init__(
+        self,
+        test_case: TestCase,
+        port: int,
+        path: str,
+        fields: Sequence[tuple[str, str]] = (),
+        clients: int = 1,
+        pause: float = 0.0,
+        give_up: float = 10.0,
+    ) -> None:
+        self._test_case = test_case
+        self._port = port
+        self._request = _request_bytes(path, fields)
+        self._pause = pause
+        self._give_up = give_up
+        self._running = False
+        self._done: Optional[defer.Deferred] = None
+        self.answers: list[list[Answer]] = [[] for _ in range(clients)]
+
+    def start(self) -> Load:
+        self._running = True
+        self._done = defer.gatherResults(
+            [self._client(answers) for answers in self.answers], consumeErrors=True
+        )
+        self._test_case.addCleanup(self.stop)
+        return self
+
+    def stop(self) -> defer.Deferred:
+        """Stop sending; fires once every client has its last answer."""
+        self._running = False
+        return self._done if self._done is not None else defer.succeed(None)
+
+    def all(self) -> list[Answer]:
+        """Every answer so far, by the time it was sent."""
+        return sorted((a for answers in self.answers for a in answers), key=lambda a: a.sent)
+
+    @defer.inlineCallbacks
+    def _client(self, answers: list[Answer]) -> Steps:
+        connection: Optional[_RecordingConnection] = None
+        while self._running:
+            if connection is None or not connection.usable:
+                connection = _RecordingConnection()
+                yield connectProtocol(
+                    TCP4ClientEndpoint(reactor, "127.0.0.1", self._port), connection
+                )
+                self._test_case.addCleanup(connection.close)
+            sent = time.time()
+            try:
+                answer = yield connection.send(self._request).addTimeout(self._give_up, reactor)
+            except defer.TimeoutError:
+                answer = Answer(0, {}, sent, time.time())
+                connection.close()
+            answers.append(answer)
+            if self._pause:
+                yield sleep(self._pause)
