@@ -155,6 +155,10 @@ class IPolicy(Interface):
         C{Deferred} firing with either. To act on the response, register a
         hook with C{call.on_response} or wrap the stream with
         C{call.wrap_stream}.
+
+        A policy may also have a C{close()} method (not part of this
+        interface, so optional): it is called when the config version that
+        built the policy is retired (shutdown, reload).
         """
 
 

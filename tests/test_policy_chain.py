@@ -115,6 +115,7 @@ class PolicyChainTests(SynchronousTestCase):
         gateway, _ = harness("respond")
         response = gateway.request(GET)
         self.assertEqual((response.status, response.headers.get("x-from")), (204, b"p0"))
+        self.assertIsNotNone(response.headers.get("x-request-id"))
 
     def test_asynchronous(self):
         """A Deferred holds the chain until it fires with None."""

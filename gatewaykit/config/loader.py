@@ -75,13 +75,13 @@ from gatewaykit.config.schema import (
     reference,
     size,
     text,
+    token,
     wrong,
 )
 from gatewaykit.config.yamlpos import MapNode, Node, ScalarNode, compose, plain
 from gatewaykit.plugins import DuplicatePluginName, balancer_factories, policy_factories
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _VISIBLE = re.compile(r"[!-~]+")
 _HTTP_PROTOCOLS = ("http", "https")
 _ACTIONS = ("upstream", "static", "redirect", "respond")
@@ -109,13 +109,7 @@ def _node_name(value: str) -> str:
     return value
 
 
-def _token(kind: str) -> Check:
-    def check(value: str) -> str:
-        if not _TOKEN.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid {kind}")
-        return value
-
-    return check
+_token = token
 
 
 def _method(value: str) -> str:

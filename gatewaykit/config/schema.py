@@ -10,6 +10,7 @@ which records a problem and carries on, so one pass finds every mistake.
 from __future__ import annotations
 
 import difflib
+import re
 from typing import (
     Any,
     Callable,
@@ -169,6 +170,24 @@ def text(non_empty: bool = True, expected: str = "a string") -> Parser:
     return parse
 
 
+# An RFC 9110 token: what header names and methods are made of.
+TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def token(kind: str) -> Check:
+    """A check that a string is a token, naming it C{kind} in the error."""
+
+    def check(value: str) -> str:
+        if not TOKEN.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid {kind}")
+        return value
+
+    return check
+
+
+check_header_name = token("header name")
+
+
 def converted(convert: Callable[[str], Any], expected: str = "a string") -> Parser:
     """A string passed through C{convert}, whose C{ValueError} is the problem."""
 
@@ -179,6 +198,9 @@ def converted(convert: Callable[[str], Any], expected: str = "a string") -> Pars
             raise Invalid(node, str(e)) from None
 
     return parse
+
+
+header_name: Parser = converted(check_header_name, "a header name")
 
 
 def one_of(*options: str, later: Iterable[str] = (), what: str = "value") -> Parser:

@@ -9,7 +9,7 @@ produce L{Request} objects; routes, policies and actions only see these.
 from __future__ import annotations
 
 from typing import Iterable, Iterator, Optional, Union
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from gatewaykit.http.wire import HOP_BY_HOP
 
@@ -209,6 +209,31 @@ class Request:
         """The first value of query parameter C{name}, or C{None}."""
         values = self.query_params.get(name)
         return values[0] if values else None
+
+    def remove_query_param(self, name: str) -> None:
+        """Drop every C{name=...} from the query string (it goes upstream without it)."""
+        pairs = self.query.split("&") if self.query else []
+        kept = [p for p in pairs if unquote_plus(p.partition("=")[0]) != name]
+        if len(kept) != len(pairs):
+            self.query = "&".join(kept)
+            self._query_params = None
+
+    def remove_cookie(self, name: str) -> None:
+        """Drop cookie C{name} from the C{Cookie} fields (it goes upstream without it)."""
+        kept: list[bytes] = []
+        changed = False
+        wanted = name.encode("latin-1")
+        for value in self.headers.get_all(b"cookie"):
+            pairs = [p.strip() for p in value.split(b";") if p.strip()]
+            left = [p for p in pairs if p.partition(b"=")[0].strip() != wanted]
+            changed = changed or len(left) != len(pairs)
+            if left:
+                kept.append(b"; ".join(left))
+        if changed:
+            self.headers.remove(b"cookie")
+            for value in kept:
+                self.headers.add(b"Cookie", value)
+            self._cookies = None
 
     @property
     def cookies(self) -> dict[str, str]:

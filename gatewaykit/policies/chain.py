@@ -168,7 +168,10 @@ class PolicyChain:
         if isinstance(answer, GatewayError):
             stream.send_error(answer)
         elif isinstance(answer, Response):
-            stream.respond(answer.status, list(answer.fields), answer.body)
+            fields = list(answer.fields)
+            if not any(name.lower() == b"x-request-id" for name, _ in fields):
+                fields.append((b"X-Request-ID", call.request.request_id.encode("ascii")))
+            stream.respond(answer.status, fields, answer.body)
         else:
             raise TypeError(f"a policy answered {answer!r}, not a GatewayError or Response")
 

@@ -26,11 +26,13 @@ from attrs import frozen
 from zope.interface import implementer
 
 from gatewaykit.config.schema import (
+    TOKEN,
     Context,
     Invalid,
     Key,
     Section,
     boolean,
+    check_header_name,
     converted,
     duration,
     expect_map,
@@ -41,7 +43,6 @@ from gatewaykit.http.errors import GatewayError
 from gatewaykit.http.message import Request, Response
 from gatewaykit.interfaces import IPolicy, IPolicyFactory
 
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # The request methods browsers send without a preflight (Fetch: CORS-safelisted).
 SAFELISTED_METHODS = ("GET", "HEAD", "POST")
@@ -51,23 +52,16 @@ _PREFLIGHT_VARY = b"Origin, Access-Control-Request-Method, Access-Control-Reques
 _OWNED = (b"access-control-allow-", b"access-control-expose-headers", b"access-control-max-age")
 
 
-def header_name(value: str) -> str:
-    """C{value} if it is a valid header field name (an RFC 9110 token)."""
-    if not _TOKEN.fullmatch(value):
-        raise ValueError(f"{value!r} is not a valid header name")
-    return value
-
-
 def _method(value: str) -> str:
     if value == "*":
         return value
-    if not _TOKEN.fullmatch(value):
+    if not TOKEN.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid method")
     return value.upper()
 
 
 def _header(value: str) -> str:
-    return value if value == "*" else header_name(value)
+    return value if value == "*" else check_header_name(value)
 
 
 def parse_origin(text: str) -> str:
@@ -296,7 +290,7 @@ class CORS:
         refused = None
         if not allowed:
             refused = f"origin {text!r} is not allowed"
-        elif not _TOKEN.fullmatch(method) or not self.allows_method(method):
+        elif not TOKEN.fullmatch(method) or not self.allows_method(method):
             refused = f"method {method} is not allowed"
         else:
             header = self.refused_header(requested_headers)

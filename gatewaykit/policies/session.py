@@ -42,9 +42,11 @@ from gatewaykit.config.schema import (
     Parser,
     Section,
     boolean,
+    check_header_name,
     converted,
     duration,
     expect_map,
+    header_name,
     list_of,
     pairs,
     text,
@@ -55,7 +57,6 @@ from gatewaykit.http.forwarding import is_trusted
 from gatewaykit.http.message import Request
 from gatewaykit.http.wire import HOP_BY_HOP
 from gatewaykit.interfaces import IPolicy, IPolicyFactory, IStateStore
-from gatewaykit.policies.cors import header_name
 
 log = Logger()
 
@@ -131,7 +132,7 @@ def unsign(token: str, secret: Secret, *older: Secret, purpose: str = "") -> Opt
 
 def _cookie_name(value: str) -> str:
     try:
-        return header_name(value)
+        return check_header_name(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a valid cookie name") from None
 
@@ -166,7 +167,7 @@ def _cookie_domain(value: str) -> str:
 
 
 def _forwarded_header(value: str) -> str:
-    header_name(value)
+    check_header_name(value)
     if value.lower().encode("latin-1") in _RESERVED:
         raise ValueError(f"{value} is set by the gateway itself; choose another header")
     return value
@@ -184,9 +185,9 @@ def _secure(ctx: Context, node: Node) -> Union[bool, str]:
 def _copied(ctx: Context, node: Node) -> tuple[tuple[str, str], ...]:
     """C{[Header, ...]} (kept under the header's name) or C{{Header: key}}."""
     if isinstance(node, ListNode):
-        names = list_of(converted(header_name, "a header name"), unique=str.lower)(ctx, node)
+        names = list_of(header_name, unique=str.lower)(ctx, node)
         return tuple((name, name) for name in names)
-    parse: Parser = pairs(text(expected="a session key"), header_name)
+    parse: Parser = pairs(text(expected="a session key"), check_header_name)
     return tuple(parse(ctx, node))
 
 

@@ -1,0 +1,335 @@
+"""
+The Redis state store (C{gateway.redis}): rate limits, sessions and sticky
+affinity shared by every worker and gateway node, on txredisapi.
+
+Every call is bounded by C{gateway.redis.timeout}: txredisapi queues
+commands while it reconnects and would otherwise make them wait forever.
+A call that times out or finds the connection broken fails with
+L{StoreUnavailable}; the store then answers L{StoreUnavailable} at once,
+without asking Redis, until a background C{PING} (one every
+L{RedisStore.probe_interval} seconds) is answered again. So during an
+outage requests don't each pay the timeout, and decisions go back to Redis
+within about a second of it coming back.
+
+Rate limits run as Lua scripts (C{state/lua/*.lua}) with C{EVALSHA}: one
+round trip per decision, atomic, on Redis's clock so that every node agrees.
+
+Keys are used as given: callers namespace them (C{gk:rl:...} for rate
+limits, C{gk:session:...}, C{gk:sticky:...}).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import math
+from typing import Any, Callable, Optional
+from urllib.parse import unquote, urlsplit
+
+import txredisapi
+from attrs import frozen
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from gatewaykit.config.model import RedisConfig
+from gatewaykit.interfaces import IStateStore
+from gatewaykit.state import Decision, StoreUnavailable
+
+log = Logger()
+
+ALGORITHMS = ("gcra", "fixed_window", "sliding_window")
+
+# Seconds a connection attempt may take (a host that drops SYNs); commands
+# are bounded by gateway.redis.timeout whatever this is.
+CONNECT_TIMEOUT = 2.0
+
+# Error replies that mean "Redis cannot serve this now" rather than a bug.
+_UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
+
+# Twisted and txredisapi failures that mean the connection is not usable.
+_CONNECTION_FAILURES = (
+    defer.TimeoutError,
+    defer.CancelledError,
+    txredisapi.ConnectionError,
+    ConnectError,
+    ConnectionClosed,
+)
+
+
+@frozen
+class Script:
+    """A Lua script of C{state/lua} and its SHA-1 (what C{EVALSHA} names it by)."""
+
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> "Script":
+        """The script C{state/lua/NAME.lua} of this package."""
+        source = importlib.resources.files("gatewaykit.state").joinpath(f"lua/{name}.lua")
+        data = source.read_bytes()
+        return cls(name, data, hashlib.sha1(data).hexdigest())
+
+
+@frozen
+class RedisAddress:
+    """What a C{redis://} or C{rediss://} URL says."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: Optional[str] = None
+    password: Optional[str] = None
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> "RedisAddress":
+        """C{redis[s]://[[user]:password@]host[:port][/db]}; raises C{ValueError}."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss"):
+            raise ValueError(f"expected a redis:// or rediss:// URL, got {url!r}")
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"expected a database number after the host, got {path!r}")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=int(path or 0),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            tls=parts.scheme == "rediss",
+        )
+
+
+class _Watched:
+    """
+    A txredisapi pool that says when its last connection is gone, so the
+    store fails fast at once instead of after a timed-out command.
+    """
+
+    def __init__(self, *args: Any, lost_all: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lost_all = lost_all
+
+    def delConnection(self, connection: Any) -> None:
+        super().delConnection(connection)  # type: ignore[misc]
+        if not self.size and not self.disconnectCalled:  # type: ignore[attr-defined]
+            self._lost_all()
+
+
+class _Connections(_Watched, txredisapi.RedisFactory):
+    """
+    txredisapi's connection pool with a short reconnection backoff: the
+    default grows to 10 s, so a restarted Redis could go unused that long.
+    """
+
+    initialDelay = 0.25
+    maxDelay = 1.0
+
+
+class _SentinelConnections(_Watched, txredisapi.SentinelConnectionFactory):
+    """The same for a master found through Sentinel."""
+
+    maxDelay = 1.0
+
+
+def _as_bytes(value: Any) -> Optional[bytes]:
+    """A stored value as it was: txredisapi decodes the ones that are valid UTF-8."""
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _parse_reply(reply: list[Any]) -> tuple[Decision, float]:
+    """A script's reply as a L{Decision} and the server time it was made at."""
+    allowed, capacity, remaining, reset_after, retry_after, sec, usec = reply
+    decision = Decision(
+        bool(int(allowed)),
+        int(capacity),
+        int(remaining),
+        float(reset_after),
+        float(retry_after),
+    )
+    # The same arithmetic as the script's, so a test can replay it exactly.
+    return decision, int(sec) + int(usec) / 1000000
+
+
+@implementer(IStateStore)
+class RedisStore:
+    """
+    State in Redis, shared by every process using the same server.
+
+    @ivar available: C{False} from a failed call until a probe succeeds.
+    """
+
+    shared = True
+    pool_size = 2
+    probe_interval = 1.0
+
+    def __init__(self, config: RedisConfig, reactor: Any) -> None:
+        self._reactor = reactor
+        self._timeout = config.timeout
+        self._scripts = {name: Script.load(name) for name in ALGORITHMS}
+        self._redis, self._disconnect = _connect(
+            config, reactor, self.pool_size, lambda: self._went_away("connection lost")
+        )
+        self.available = True
+        self._closed = False
+        self._probe = LoopingCall(self._ping)
+        self._probe.clock = reactor
+
+    # -- IStateStore -----------------------------------------------------
+
+    def rate_limit(
+        self, key: str, limit: int, window: float, burst: int, algorithm: str
+    ) -> defer.Deferred[Decision]:
+        return self.evaluate(key, limit, window, burst, algorithm).addCallback(
+            lambda result: result[0]
+        )
+
+    def evaluate(
+        self, key: str, limit: int, window: float, burst: int, algorithm: str
+    ) -> defer.Deferred[tuple[Decision, float]]:
+        """
+        As L{rate_limit}, also giving the Redis server time the decision was
+        made at (for diagnostics, and for tests comparing with the memory
+        store's arithmetic).
+        """
+        script = self._scripts.get(algorithm)
+        if script is None:
+            return defer.fail(ValueError(f"unknown rate-limit algorithm {algorithm!r}"))
+        args = [limit, repr(float(window)), burst]
+        d = self._call(lambda: self._run(script, [key], args))
+        return d.addCallback(_parse_reply)
+
+    def get(self, key: str) -> defer.Deferred[Optional[bytes]]:
+        d = self._call(lambda: self._redis.get(key))
+        return d.addCallback(_as_bytes)
+
+    def set(self, key: str, value: bytes, ttl: float) -> defer.Deferred[None]:
+        milliseconds = max(1, math.ceil(ttl * 1000))
+        d = self._call(lambda: self._redis.set(key, value, pexpire=milliseconds))
+        return d.addCallback(lambda _: None)
+
+    def delete(self, key: str) -> defer.Deferred[None]:
+        d = self._call(lambda: self._redis.delete(key))
+        return d.addCallback(lambda _: None)
+
+    def close(self) -> defer.Deferred[None]:
+        self._closed = True
+        if self._probe.running:
+            self._probe.stop()
+        d = defer.maybeDeferred(self._disconnect)
+        return d.addCallback(lambda _: None)
+
+    # -- calls -----------------------------------------------------------
+
+    def _call(self, command: Callable[[], defer.Deferred[Any]]) -> defer.Deferred[Any]:
+        """Run C{command} within the timeout, or fail at once while Redis is away."""
+        if self._closed:
+            return defer.fail(StoreUnavailable("the store is closed"))
+        if not self.available:
+            return defer.fail(StoreUnavailable("Redis is unavailable (probing)"))
+        d = defer.maybeDeferred(command)
+        # Cancelling leaves a placeholder in txredisapi's reply queue, so a
+        # late reply is dropped there instead of answering the next command.
+        d.addTimeout(self._timeout, self._reactor)
+        return d.addErrback(self._failed)
+
+    def _run(self, script: Script, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
+        """C{EVALSHA}; when Redis lost the script (a restart, a flush), load it and retry once."""
+
+        def reload(failure: Failure) -> defer.Deferred[Any]:
+            failure.trap(txredisapi.ScriptDoesNotExist)
+            d = self._redis.script_load(script.source)
+            return d.addCallback(lambda _: self._redis.evalsha(script.sha, keys, args))
+
+        return self._redis.evalsha(script.sha, keys, args).addErrback(reload)
+
+    def _failed(self, failure: Failure) -> Failure:
+        if failure.check(*_CONNECTION_FAILURES) or (
+            failure.check(txredisapi.ResponseError)
+            and str(failure.value).startswith(_UNAVAILABLE_REPLIES)
+        ):
+            reason = failure.getErrorMessage() or failure.type.__name__
+            self._went_away(reason)
+            return Failure(StoreUnavailable(reason))
+        return failure
+
+    def _went_away(self, reason: str) -> None:
+        if not self.available or self._closed:
+            return
+        self.available = False
+        log.warn(
+            "Redis unavailable ({reason}); answering without it, probing every {interval}s",
+            reason=reason,
+            interval=self.probe_interval,
+        )
+        self._probe.start(self.probe_interval, now=False)
+
+    def _ping(self) -> defer.Deferred[None]:
+        d = defer.maybeDeferred(self._redis.ping)
+        d.addTimeout(self._timeout, self._reactor)
+        d.addCallbacks(self._came_back, lambda _: None)
+        return d
+
+    def _came_back(self, _: Any) -> None:
+        if self.available or self._closed:
+            return
+        self.available = True
+        if self._probe.running:
+            self._probe.stop()
+        log.info("Redis is answering again")
+
+
+def _connect(
+    config: RedisConfig, reactor: Any, pool_size: int, lost_all: Callable[[], None]
+) -> tuple[Any, Callable[[], defer.Deferred[Any]]]:
+    """
+    A lazy, self-reconnecting txredisapi pool calling C{lost_all()} when its
+    last connection is gone, and how to close it.
+    """
+    address = RedisAddress.parse(config.url)
+    options: dict[str, Any] = dict(
+        dbid=address.db or None,
+        poolsize=pool_size,
+        password=address.password,
+        username=address.username,
+        # Values stay as they were stored ("10" is not turned into 10).
+        convertNumbers=False,
+        lost_all=lost_all,
+    )
+    if config.sentinel is not None:
+        # txredisapi's Sentinel endpoint has no TLS: rediss:// only names
+        # the password and database here.
+        sentinel = txredisapi.Sentinel(list(config.sentinel.addresses))
+        sentinel.discovery_timeout = max(config.timeout, 1.0)
+        redis = sentinel.master_for(
+            config.sentinel.master, factory_class=_SentinelConnections, **options
+        )
+
+        def disconnect() -> defer.Deferred[Any]:
+            return defer.gatherResults(
+                [redis.disconnect(), sentinel.disconnect()], consumeErrors=True
+            )
+
+        return redis, disconnect
+    factory = _Connections(
+        f"{address.host}:{address.port}",
+        options.pop("dbid"),
+        options.pop("poolsize"),
+        isLazy=True,
+        **options,
+    )
+    endpoint: Any = HostnameEndpoint(reactor, address.host, address.port, timeout=CONNECT_TIMEOUT)
+    if address.tls:
+        # Imported only when needed: it loads pyOpenSSL.
+        from twisted.internet.ssl import optionsForClientTLS
+
+        endpoint = wrapClientTLS(optionsForClientTLS(address.host), endpoint)
+    factory.startConnecting(endpoint)
+    return factory.handler, factory.disconnect
