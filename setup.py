@@ -17,6 +17,7 @@ setup(
     package_data={
         "gatewaykit": ["py.typed"],
         "gatewaykit.conf": ["*.yaml", "public/*", "public/**/*"],
+        "gatewaykit.state": ["lua/*.lua"],
         "twisted": ["plugins/gatewaykit_plugins.py"],
     },
     install_requires=[

@@ -1,11 +1,21 @@
 #!/usr/bin/env python3
 """
-Benchmark gatewaykit against nginx, Twisted's stock proxy and no proxy at all.
+Benchmark gatewaykit against nginx, HAProxy, stock Twisted and no proxy.
 
-Every target proxies to one nginx upstream serving /1k (1024 bytes) and /1m
-(1 MiB). wrk and the upstream share CPU 0; the proxy under test runs alone on
-CPU 1. Targets run interleaved for several rounds; the table reports medians
-and each target's ratio to nginx-as-a-proxy. See bench/README.md.
+Three scenarios (--scenario), each against one nginx upstream:
+
+proxy (default): gatewaykit, nginx, Twisted's stock proxy and no proxy,
+    wrk on /1k (1024 bytes) and /1m (1 MiB); ratios to nginx-as-a-proxy.
+balancing: gatewaykit with an upstream of 1 target and of 3 targets
+    (round_robin, p2c, hash on the client address), wrk on /1k; the 3
+    targets are three listen ports of the same nginx. Ratios to 1 target.
+tcp: gatewaykit's tcp listener, HAProxy in TCP mode and no proxy, curl
+    downloading 1 GiB, then 8 x 128 MiB in parallel; ratios to HAProxy and
+    to direct.
+
+The client (wrk or curl) and the upstream share CPU 0; the proxy under test
+runs alone on CPU 1. Targets run interleaved for several rounds; the table
+reports medians and ratios. See bench/README.md.
 
 Standard library only (Twisted is needed by the stock proxy target).
 """
@@ -27,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,11 +46,22 @@ BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
 HOST = "127.0.0.1"
 
-ALL_TARGETS = ("gatewaykit", "nginx", "twisted", "direct")
-REFERENCE = "nginx"
-SIZES = {"1k": 1024, "1m": 1024 * 1024}
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+SIZES = {"1k": 1024, "1m": MIB}
 SIZE_LABELS = {"1k": "1 KiB", "1m": "1 MiB"}
 CONNECTIONS = {"1k": 50, "1m": 10}
+
+# The tcp scenario's downloads: (parallel downloads, file), and the sparse
+# files the upstream serves for them.
+TRANSFERS = {"1g": (1, "1g"), "8x128m": (8, "128m")}
+TRANSFER_LABELS = {"1g": "1 GiB", "8x128m": "8 × 128 MiB"}
+SPARSE_FILES = {"1g": GIB, "128m": 128 * MIB}
+CURL_FORMAT = "%{size_download} %{time_total} %{speed_download}"
+
+# The header the upstream adds when it listens on several ports, so that
+# the balancing scenario can show which port answered.
+PORT_HEADER = "X-Upstream-Port"
 
 # wrk's done() hook: one machine-readable line, latencies in microseconds.
 # %.0f rather than %d: LuaJIT and Lua 5.3 disagree on %d with floats.
@@ -75,9 +98,9 @@ http {{
 
 UPSTREAM_SERVER = """\
     server {{
-        listen {host}:{port};
+{listen}
         root {www};
-        sendfile on;
+        sendfile on;{extra}
         location = /1k {{
             return 200 "{body_1k}";
         }}
@@ -99,13 +122,28 @@ PROXY_SERVER = """\
         }}
     }}"""
 
-GATEWAYKIT_CONFIG = """\
-gateway: {{access_log: {{path: "off"}}}}
-listeners: {{web: {{protocol: http, bind: "{host}:{port}"}}}}
-upstreams: {{bench: {{targets: ["{host}:{upstream_port}"], \
-pool: {{max_idle_per_target: 128}}}}}}
-routes: [{{name: all, match: {{path_prefix: /}}, upstream: bench}}]
+HAPROXY_CONFIG = """\
+global
+    nbthread 1
+    maxconn 1024
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 120s
+    timeout server 120s
+
+listen tunnel
+    bind {host}:{port}
+    server upstream {host}:{upstream_port}
 """
+
+VERSION_ARGV = {
+    "nginx": ["nginx", "-v"],
+    "wrk": ["wrk", "-v"],
+    "curl": ["curl", "--version"],
+    "haproxy": ["haproxy", "-v"],
+}
 
 
 class BenchError(Exception):
@@ -129,6 +167,22 @@ class WrkResult:
     max_us: float
     mean_us: float
     bytes: int
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class TransferResult:
+    """One batch of parallel curl downloads through one target."""
+
+    target: str
+    size: str  # the transfer: a key of TRANSFERS
+    round: int
+    downloads: int
+    expected_bytes: int  # per download
+    bytes: int  # all downloads together
+    seconds: float  # the slowest download's time_total
+    mib_s: float  # bytes / seconds, in MiB/s
+    times: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
 
 
@@ -191,7 +245,7 @@ class Processes:
             f"\n{tail(log_path)}")
 
     def stop_all(self, timeout: float = 10.0) -> None:
-        """SIGTERM every child, then SIGKILL its process group if it lingers."""
+        """SIGTERM every child, then SIGKILL its group if it lingers."""
         for proc in self.running:
             if proc.poll() is None:
                 proc.terminate()
@@ -205,6 +259,12 @@ class Processes:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.running.clear()
+
+
+# -- targets -----------------------------------------------------------------
+
+# Starts one target given the upstream's ports; returns the port to load.
+Starter = Callable[[Processes, argparse.Namespace, Path, list[int]], int]
 
 
 def nginx_temp_paths(prefix: Path) -> str:
@@ -234,38 +294,63 @@ def start_nginx(procs: Processes, name: str, server: str, port: int,
     procs.start(name, argv, port, cpu)
 
 
-def start_upstream(procs: Processes, args: argparse.Namespace,
-                   tmp: Path) -> int:
-    """Start the nginx upstream serving /1k and /1m; return its port."""
+def start_upstream(procs: Processes, args: argparse.Namespace, tmp: Path,
+                   count: int, sparse: dict[str, int]) -> list[int]:
+    """Start the nginx upstream on count ports; return them."""
     www = tmp / "www"
     www.mkdir()
     (www / "1m").write_bytes(b"x" * SIZES["1m"])
-    port = free_port()
-    server = UPSTREAM_SERVER.format(host=HOST, port=port, www=www,
+    for name, size in sparse.items():
+        with open(www / name, "wb") as file:
+            file.truncate(size)
+    ports = [free_port() for _ in range(count)]
+    listen = "\n".join(f"        listen {HOST}:{port};" for port in ports)
+    # Only worth its bytes when there is a choice of port to show.
+    extra = (f"\n        add_header {PORT_HEADER} $server_port;"
+             if count > 1 else "")
+    server = UPSTREAM_SERVER.format(listen=listen, www=www, extra=extra,
                                     body_1k="x" * SIZES["1k"])
-    start_nginx(procs, "upstream-nginx", server, port, args.client_cpu,
+    start_nginx(procs, "upstream-nginx", server, ports[0], args.client_cpu,
                 tmp / "upstream-nginx")
-    return port
+    return ports
+
+
+def use_upstream(procs: Processes, args: argparse.Namespace, tmp: Path,
+                 upstream_ports: list[int]) -> int:
+    """The `direct` target: no proxy, the upstream's first port."""
+    return upstream_ports[0]
 
 
 def start_nginx_proxy(procs: Processes, args: argparse.Namespace,
-                      tmp: Path, upstream_port: int) -> int:
+                      tmp: Path, upstream_ports: list[int]) -> int:
     """Start nginx as a keep-alive reverse proxy; return its port."""
     port = free_port()
     server = PROXY_SERVER.format(host=HOST, port=port,
-                                 upstream_port=upstream_port)
+                                 upstream_port=upstream_ports[0])
     start_nginx(procs, "nginx-proxy", server, port, args.proxy_cpu,
                 tmp / "nginx-proxy")
     return port
 
 
 def start_twisted_proxy(procs: Processes, args: argparse.Namespace,
-                        tmp: Path, upstream_port: int) -> int:
+                        tmp: Path, upstream_ports: list[int]) -> int:
     """Start twisted.web.proxy.ReverseProxyResource; return its port."""
     port = free_port()
     argv = [sys.executable, str(BENCH_DIR / "stock_twisted_proxy.py"),
-            str(port), str(upstream_port)]
+            str(port), str(upstream_ports[0])]
     procs.start("twisted-proxy", argv, port, args.proxy_cpu, cwd=tmp)
+    return port
+
+
+def start_haproxy(procs: Processes, args: argparse.Namespace, tmp: Path,
+                  upstream_ports: list[int]) -> int:
+    """Start HAProxy in TCP mode, one thread, foreground; return its port."""
+    port = free_port()
+    config = tmp / "haproxy.cfg"
+    config.write_text(HAPROXY_CONFIG.format(
+        host=HOST, port=port, upstream_port=upstream_ports[0]))
+    argv = ["haproxy", "-db", "-f", str(config)]
+    procs.start("haproxy", argv, port, args.proxy_cpu, cwd=tmp)
     return port
 
 
@@ -280,52 +365,121 @@ def default_gatewaykit_cmd() -> str:
     return shlex.join(argv) + " --config {config}"
 
 
-def start_gatewaykit(procs: Processes, args: argparse.Namespace,
-                     tmp: Path, upstream_port: int) -> int:
-    """Start gatewaykit with a generated config; return its port."""
+def gatewaykit_http_config(port: int, upstream_ports: list[int],
+                           **upstream_keys: str) -> dict:
+    """One http listener, one route, one upstream over upstream_ports."""
+    upstream = {"targets": [f"{HOST}:{p}" for p in upstream_ports],
+                "pool": {"max_idle_per_target": 128}, **upstream_keys}
+    return {
+        "gateway": {"access_log": {"path": "off"}},
+        "listeners": {"web": {"protocol": "http", "bind": f"{HOST}:{port}"}},
+        "upstreams": {"bench": upstream},
+        "routes": [{"name": "all", "match": {"path_prefix": "/"},
+                    "upstream": "bench"}],
+    }
+
+
+def gatewaykit_tcp_config(port: int, upstream_ports: list[int]) -> dict:
+    """One tcp listener tunnelling to the upstream's first port."""
+    return {
+        "gateway": {"access_log": {"path": "off"}},
+        "listeners": {"tunnel": {"protocol": "tcp",
+                                 "bind": f"{HOST}:{port}",
+                                 "upstream": "bench"}},
+        "upstreams": {"bench": {"targets": [f"{HOST}:{upstream_ports[0]}"]}},
+    }
+
+
+def start_gatewaykit(procs: Processes, args: argparse.Namespace, tmp: Path,
+                     name: str, make_config: Callable[[int], dict]) -> int:
+    """Start gatewaykit on make_config(port) as name; return the port."""
     port = free_port()
-    config = tmp / "gatewaykit.yaml"
-    config.write_text(GATEWAYKIT_CONFIG.format(
-        host=HOST, port=port, upstream_port=upstream_port))
+    config = tmp / f"{name}.yaml"
+    # JSON is YAML: no YAML writer needed.
+    config.write_text(json.dumps(make_config(port), indent=2) + "\n")
     template = args.gatewaykit_cmd or default_gatewaykit_cmd()
     if "{config}" not in template:
         template += " --config {config}"
     argv = [part.format(config=config, python=sys.executable)
             for part in shlex.split(template)]
     # The project root on the path finds gatewaykit and its twistd plugin
-    # without installing; cwd=tmp keeps twistd.pid out of the source tree.
+    # without installing; cwd (one per instance) keeps twistd.pid out of
+    # the source tree and apart.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
-    procs.start("gatewaykit", argv, port, args.proxy_cpu, cwd=tmp, env=env)
+    cwd = tmp / name
+    cwd.mkdir()
+    procs.start(name, argv, port, args.proxy_cpu, cwd=cwd, env=env)
     return port
 
 
-PROXY_STARTERS = {
-    "gatewaykit": start_gatewaykit,
-    "nginx": start_nginx_proxy,
-    "twisted": start_twisted_proxy,
-}
+def start_gatewaykit_proxy(procs: Processes, args: argparse.Namespace,
+                           tmp: Path, upstream_ports: list[int]) -> int:
+    """Start gatewaykit as a reverse proxy to one target; return its port."""
+    return start_gatewaykit(
+        procs, args, tmp, "gatewaykit",
+        lambda port: gatewaykit_http_config(port, upstream_ports[:1]))
+
+
+def start_gatewaykit_tunnel(procs: Processes, args: argparse.Namespace,
+                            tmp: Path, upstream_ports: list[int]) -> int:
+    """Start gatewaykit with a tcp listener; return its port."""
+    return start_gatewaykit(
+        procs, args, tmp, "gatewaykit",
+        lambda port: gatewaykit_tcp_config(port, upstream_ports))
+
+
+def balanced_gatewaykit(count: int, balancer: str,
+                        **upstream_keys: str) -> Starter:
+    """A starter for gatewaykit balancing over count upstream ports."""
+    def start(procs: Processes, args: argparse.Namespace, tmp: Path,
+              upstream_ports: list[int]) -> int:
+        if len(upstream_ports) < count:
+            raise BenchError(f"{count} targets need {count} upstream ports")
+        return start_gatewaykit(
+            procs, args, tmp, f"gatewaykit-{count}-{balancer}",
+            lambda port: gatewaykit_http_config(
+                port, upstream_ports[:count], balancer=balancer,
+                **upstream_keys))
+    return start
+
+
+# -- checks ------------------------------------------------------------------
+
+def get(target: str, port: int,
+        path: str) -> tuple[http.client.HTTPResponse, bytes]:
+    """GET path through the target on a new connection: response, body."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response, response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(f"{target}: GET {path} failed: {exc!r}") from exc
+    finally:
+        conn.close()
 
 
 def check_target(target: str, port: int, sizes: list[str]) -> None:
     """Fetch each size once through the target and check status and length."""
     for size in sizes:
-        conn = http.client.HTTPConnection(HOST, port, timeout=30)
-        try:
-            conn.request("GET", f"/{size}")
-            response = conn.getresponse()
-            body = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            raise BenchError(
-                f"{target}: GET /{size} failed: {exc!r}") from exc
-        finally:
-            conn.close()
+        response, body = get(target, port, f"/{size}")
         if response.status != 200 or len(body) != SIZES[size]:
             raise BenchError(
                 f"{target}: GET /{size} gave {response.status} with "
                 f"{len(body)} bytes, expected 200 with {SIZES[size]}")
 
+
+def upstream_spread(target: str, port: int, requests: int = 30) -> str:
+    """How many of some sequential GETs each upstream port answered."""
+    ports = Counter(get(target, port, "/1k")[0].getheader(PORT_HEADER, "?")
+                    for _ in range(requests))
+    return ", ".join(f"{port}: {count}"
+                     for port, count in sorted(ports.items()))
+
+
+# -- loads -------------------------------------------------------------------
 
 def run_wrk(url: str, connections: int, duration: float, cpu: int | None,
             script: Path) -> dict[str, float]:
@@ -341,46 +495,20 @@ def run_wrk(url: str, connections: int, duration: float, cpu: int | None,
                      f"{url}:\n{done.stdout}{done.stderr}")
 
 
-def measure(target: str, port: int, size: str, round_no: int,
-            duration: float, args: argparse.Namespace,
-            script: Path) -> WrkResult:
-    """Benchmark one target at one size and return the result."""
-    url = f"http://{HOST}:{port}/{size}"
-    raw = run_wrk(url, CONNECTIONS[size], duration, args.client_cpu, script)
-    seconds = raw["duration_us"] / 1e6
-    return WrkResult(
-        target=target, size=size, round=round_no,
-        connections=CONNECTIONS[size], duration_s=seconds,
-        requests=int(raw["requests"]), rps=raw["requests"] / seconds,
-        p50_us=raw["p50_us"], p90_us=raw["p90_us"], p99_us=raw["p99_us"],
-        max_us=raw["max_us"], mean_us=raw["mean_us"], bytes=int(raw["bytes"]),
-        errors={key[4:]: int(value) for key, value in raw.items()
-                if key.startswith("err_")})
-
-
-def summarise(results: list[WrkResult], targets: list[str],
-              sizes: list[str]) -> list[dict]:
-    """Median req/s, p50 and p99 per target and size, with nginx ratios."""
-    rows = []
-    for size in sizes:
-        medians: dict[str, dict] = {}
-        for target in targets:
-            runs = [r for r in results if r.target == target and r.size == size]
-            if runs:
-                medians[target] = {
-                    "target": target, "size": size, "rounds": len(runs),
-                    "rps": statistics.median(r.rps for r in runs),
-                    "rps_min": min(r.rps for r in runs),
-                    "rps_max": max(r.rps for r in runs),
-                    "p50_us": statistics.median(r.p50_us for r in runs),
-                    "p99_us": statistics.median(r.p99_us for r in runs),
-                    "errors": sum(sum(r.errors.values()) for r in runs),
-                }
-        reference = medians.get(REFERENCE)
-        for row in medians.values():
-            row["ratio"] = row["rps"] / reference["rps"] if reference else None
-            rows.append(row)
-    return rows
+def run_curls(url: str, count: int,
+              cpu: int | None) -> list[tuple[int, float] | None]:
+    """Download url count times in parallel; (bytes, seconds) or None each."""
+    argv = ["curl", "-s", "-o", "/dev/null", "--noproxy", "*",
+            "--max-time", "600", "-w", CURL_FORMAT, url]
+    running = [subprocess.Popen(pinned(cpu, argv), stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+               for _ in range(count)]
+    done = []
+    for proc in running:
+        out = proc.communicate()[0].split()
+        ok = proc.returncode == 0 and len(out) == 3
+        done.append((int(out[0]), float(out[1])) if ok else None)
+    return done
 
 
 def format_ms(micros: float) -> str:
@@ -388,24 +516,207 @@ def format_ms(micros: float) -> str:
     return f"{micros / 1000:.2f} ms"
 
 
-def markdown_table(rows: list[dict]) -> str:
+class WrkBench:
+    """wrk at a fixed concurrency for a fixed time: req/s and latency."""
+
+    loads = SIZE_LABELS
+    load_header = "size"
+    metric = "rps"
+    fields = ("p50_us", "p99_us")
+    columns = (("req/s (median)", lambda row: f"{row['rps']:,.0f}"),
+               ("p50", lambda row: format_ms(row["p50_us"])),
+               ("p99", lambda row: format_ms(row["p99_us"])))
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.script = tmp / "report.lua"
+        self.script.write_text(WRK_SCRIPT)
+        self.durations = {"1k": args.duration_1k, "1m": args.duration_1m}
+
+    def check(self, target: str, port: int) -> None:
+        """One real GET of each size through the target."""
+        check_target(target, port, self.args.sizes)
+
+    def measure(self, target: str, port: int, size: str, round_no: int,
+                warmup: bool = False) -> WrkResult:
+        """Benchmark one target at one size and return the result."""
+        url = f"http://{HOST}:{port}/{size}"
+        duration = self.args.warmup if warmup else self.durations[size]
+        raw = run_wrk(url, CONNECTIONS[size], duration, self.args.client_cpu,
+                      self.script)
+        seconds = raw["duration_us"] / 1e6
+        return WrkResult(
+            target=target, size=size, round=round_no,
+            connections=CONNECTIONS[size], duration_s=seconds,
+            requests=int(raw["requests"]), rps=raw["requests"] / seconds,
+            p50_us=raw["p50_us"], p90_us=raw["p90_us"],
+            p99_us=raw["p99_us"], max_us=raw["max_us"],
+            mean_us=raw["mean_us"], bytes=int(raw["bytes"]),
+            errors={key[4:]: int(value) for key, value in raw.items()
+                    if key.startswith("err_")})
+
+    @staticmethod
+    def describe(result: WrkResult) -> str:
+        """One progress line's worth of a result."""
+        return (f"{result.rps:>10,.0f} req/s  "
+                f"p50 {format_ms(result.p50_us)}  "
+                f"p99 {format_ms(result.p99_us)}  "
+                f"errors {sum(result.errors.values())}")
+
+    @staticmethod
+    def settings(args: argparse.Namespace) -> dict:
+        """What this load was, for the JSON file."""
+        return {"connections": CONNECTIONS,
+                "durations": {"1k": args.duration_1k,
+                              "1m": args.duration_1m}}
+
+
+class TransferBench:
+    """Parallel curl downloads of big files: MiB/s and time."""
+
+    loads = TRANSFER_LABELS
+    load_header = "transfer"
+    metric = "mib_s"
+    fields = ("seconds",)
+    columns = (("MiB/s (median)", lambda row: f"{row['mib_s']:,.0f}"),
+               ("time (median)", lambda row: f"{row['seconds']:.2f} s"))
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+
+    def check(self, target: str, port: int) -> None:
+        """One real GET of /1k and /1m through the tunnel."""
+        check_target(target, port, list(SIZES))
+
+    def measure(self, target: str, port: int, transfer: str, round_no: int,
+                warmup: bool = False) -> TransferResult:
+        """Run one batch of downloads through the target."""
+        count, name = TRANSFERS[transfer]
+        expected = SPARSE_FILES[name]
+        done = run_curls(f"http://{HOST}:{port}/{name}", count,
+                         self.args.client_cpu)
+        ok = [item for item in done if item is not None]
+        total = sum(size for size, _ in ok)
+        seconds = max((secs for _, secs in ok), default=0.0)
+        return TransferResult(
+            target=target, size=transfer, round=round_no, downloads=count,
+            expected_bytes=expected, bytes=total, seconds=seconds,
+            mib_s=total / MIB / seconds if seconds else 0.0,
+            times=[secs for _, secs in ok],
+            errors={"curl": count - len(ok),
+                    "size": sum(size != expected for size, _ in ok)})
+
+    @staticmethod
+    def describe(result: TransferResult) -> str:
+        """One progress line's worth of a result."""
+        return (f"{result.mib_s:>8,.0f} MiB/s  {result.seconds:.2f} s  "
+                f"{result.bytes:,} bytes  "
+                f"errors {sum(result.errors.values())}")
+
+    @staticmethod
+    def settings(args: argparse.Namespace) -> dict:
+        """What this load was, for the JSON file."""
+        return {"transfers": {key: {"downloads": count,
+                                    "bytes_each": SPARSE_FILES[name]}
+                              for key, (count, name) in TRANSFERS.items()}}
+
+
+# -- scenarios ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Scenario:
+    """What one --scenario runs, with what load, and ratios to what."""
+
+    targets: dict[str, Starter]
+    bench: type[WrkBench] | type[TransferBench]
+    loads: tuple[str, ...]
+    references: tuple[str, ...]
+    tools: tuple[str, ...]
+    upstream_ports: int = 1
+    sparse_files: dict[str, int] = field(default_factory=dict)
+
+
+SCENARIOS = {
+    "proxy": Scenario(
+        targets={"gatewaykit": start_gatewaykit_proxy,
+                 "nginx": start_nginx_proxy,
+                 "twisted": start_twisted_proxy,
+                 "direct": use_upstream},
+        bench=WrkBench, loads=("1k", "1m"), references=("nginx",),
+        tools=("nginx", "wrk", "taskset")),
+    "balancing": Scenario(
+        targets={"1-target": balanced_gatewaykit(1, "round_robin"),
+                 "3-round_robin": balanced_gatewaykit(3, "round_robin"),
+                 "3-p2c": balanced_gatewaykit(3, "p2c"),
+                 "3-hash": balanced_gatewaykit(3, "hash", hash_key="ip")},
+        bench=WrkBench, loads=("1k",), references=("1-target",),
+        tools=("nginx", "wrk", "taskset"), upstream_ports=3),
+    "tcp": Scenario(
+        targets={"gatewaykit": start_gatewaykit_tunnel,
+                 "haproxy": start_haproxy,
+                 "direct": use_upstream},
+        bench=TransferBench, loads=("1g", "8x128m"),
+        references=("haproxy", "direct"),
+        tools=("nginx", "curl", "haproxy", "taskset"),
+        sparse_files=SPARSE_FILES),
+}
+
+
+# -- results -----------------------------------------------------------------
+
+def summarise(results: list, scenario: Scenario, targets: list[str],
+              sizes: list[str]) -> list[dict]:
+    """Medians per target and size, with ratios to the references."""
+    metric, fields = scenario.bench.metric, scenario.bench.fields
+    rows = []
+    for size in sizes:
+        medians: dict[str, dict] = {}
+        for target in targets:
+            runs = [r for r in results
+                    if r.target == target and r.size == size]
+            if not runs:
+                continue
+            values = [getattr(r, metric) for r in runs]
+            row = {"target": target, "size": size, "rounds": len(runs),
+                   metric: statistics.median(values),
+                   f"{metric}_min": min(values), f"{metric}_max": max(values)}
+            for name in fields:
+                row[name] = statistics.median(getattr(r, name) for r in runs)
+            row["errors"] = sum(sum(r.errors.values()) for r in runs)
+            medians[target] = row
+        for row in medians.values():
+            row["ratios"] = {
+                ref: (row[metric] / medians[ref][metric]
+                      if ref in medians and medians[ref][metric] else None)
+                for ref in scenario.references}
+            rows.append(row)
+    return rows
+
+
+def markdown_table(rows: list[dict], scenario: Scenario) -> str:
     """Format the summary rows as a Markdown table."""
-    lines = [f"| target | size | req/s (median) | p50 | p99 | vs {REFERENCE} "
-             "| spread | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    bench = scenario.bench
+    headers = ["target", bench.load_header,
+               *(header for header, _ in bench.columns),
+               *(f"vs {ref}" for ref in scenario.references),
+               "spread", "errors"]
+    lines = ["| " + " | ".join(headers) + " |",
+             "| --- | --- |" + " ---: |" * (len(headers) - 2)]
     for row in rows:
-        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
-        spread = (row["rps_max"] - row["rps_min"]) / row["rps"]
-        lines.append(
-            f"| {row['target']} | {SIZE_LABELS[row['size']]} "
-            f"| {row['rps']:,.0f} | {format_ms(row['p50_us'])} "
-            f"| {format_ms(row['p99_us'])} | {ratio} | {spread:.0%} "
-            f"| {row['errors']} |")
+        ratios = ["n/a" if ratio is None else f"{ratio:.2f}"
+                  for ratio in row["ratios"].values()]
+        metric = bench.metric
+        spread = ((row[f"{metric}_max"] - row[f"{metric}_min"]) / row[metric]
+                  if row[metric] else 0.0)
+        cells = [row["target"], bench.loads[row["size"]],
+                 *(cell(row) for _, cell in bench.columns), *ratios,
+                 f"{spread:.0%}", str(row["errors"])]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def environment() -> dict[str, str]:
-    """Versions and machine facts worth keeping beside raw results."""
+def environment(tools: tuple[str, ...]) -> dict[str, str]:
+    """Versions and machine facts (taken before the run: load average)."""
     def version(argv: list[str]) -> str:
         done = subprocess.run(argv, capture_output=True, text=True)
         return (done.stdout + done.stderr).splitlines()[0].strip()
@@ -414,24 +725,33 @@ def environment() -> dict[str, str]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": platform.platform(),
         "cpus": str(os.cpu_count()),
+        "loadavg": " ".join(f"{load:.2f}" for load in os.getloadavg()),
         "python": sys.version.split()[0],
         "twisted": importlib.metadata.version("twisted"),
-        "nginx": version(["nginx", "-v"]),
-        "wrk": version(["wrk", "-v"]),
+        **{tool: version(VERSION_ARGV[tool])
+           for tool in tools if tool in VERSION_ARGV},
         "argv": shlex.join(sys.argv),
     }
 
 
-def csv_choice(allowed: tuple[str, ...] | dict):
-    """Return an argparse type for a comma-separated subset of allowed."""
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-        unknown = [name for name in names if name not in allowed]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"choose from {','.join(allowed)}; got {text!r}")
-        return list(dict.fromkeys(names))
-    return parse
+# -- command line ------------------------------------------------------------
+
+def csv_list(text: str) -> list[str]:
+    """A comma-separated list of names, checked later against a scenario."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def choose(parser: argparse.ArgumentParser, option: str,
+           names: list[str] | None, allowed: tuple[str, ...],
+           default: tuple[str, ...]) -> list[str]:
+    """Names checked against allowed, deduplicated; default when None."""
+    if names is None:
+        return list(default)
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        parser.error(f"argument {option}: choose from {','.join(allowed)}; "
+                     f"got {','.join(names)!r}")
+    return list(dict.fromkeys(names))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -439,17 +759,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--scenario", choices=SCENARIOS, default="proxy",
+                        help="proxy: gatewaykit vs nginx, stock Twisted and "
+                        "direct; balancing: 1 vs 3 targets; tcp: tunnel vs "
+                        "HAProxy and direct")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds over all targets")
     parser.add_argument("--duration-1k", type=float, default=10,
                         help="seconds per 1 KiB run (50 connections)")
     parser.add_argument("--duration-1m", type=float, default=5,
                         help="seconds per 1 MiB run (10 connections)")
-    parser.add_argument("--targets", type=csv_choice(ALL_TARGETS),
-                        default=list(ALL_TARGETS),
-                        help="comma-separated, in run order")
-    parser.add_argument("--sizes", type=csv_choice(SIZES),
-                        default=list(SIZES), help="comma-separated")
+    parser.add_argument("--targets", type=csv_list, default=None,
+                        help="comma-separated, in run order; unset: every "
+                        "target of the scenario")
+    parser.add_argument("--sizes", type=csv_list, default=None,
+                        help="comma-separated sizes (1k,1m) or, for tcp, "
+                        "transfers (1g,8x128m); unset: the scenario's")
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="command line for gatewaykit; {config} is "
                         "replaced by the generated YAML path, {python} by "
@@ -457,9 +782,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "`twistd -n gatewaykit --config {config}`)")
     parser.add_argument("--warmup", type=float, default=1,
                         help="seconds of unrecorded load per target and "
-                        "size before round 1 (0: none)")
+                        "size before round 1; tcp: one unrecorded batch "
+                        "when > 0 (0: none)")
     parser.add_argument("--client-cpu", type=int, default=0,
-                        help="CPU for wrk and the upstream nginx")
+                        help="CPU for the client (wrk, curl) and the "
+                        "upstream nginx")
     parser.add_argument("--proxy-cpu", type=int, default=1,
                         help="CPU for the proxy under test")
     parser.add_argument("--no-pin", action="store_true",
@@ -469,6 +796,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the temp dir (configs, logs)")
     args = parser.parse_args(argv)
+    scenario = SCENARIOS[args.scenario]
+    args.targets = choose(parser, "--targets", args.targets,
+                          tuple(scenario.targets), tuple(scenario.targets))
+    args.sizes = choose(parser, "--sizes", args.sizes,
+                        tuple(scenario.bench.loads), scenario.loads)
     if args.no_pin:
         args.client_cpu = args.proxy_cpu = None
     elif not {args.client_cpu, args.proxy_cpu} <= os.sched_getaffinity(0):
@@ -485,42 +817,47 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run(args: argparse.Namespace, tmp: Path) -> list[WrkResult]:
+def start_targets(procs: Processes, args: argparse.Namespace, tmp: Path,
+                  scenario: Scenario, bench: WrkBench | TransferBench
+                  ) -> dict[str, int]:
+    """Start the upstream and every target, check each; return the ports."""
+    upstream_ports = start_upstream(procs, args, tmp,
+                                    scenario.upstream_ports,
+                                    scenario.sparse_files)
+    ports = {}
+    for target in args.targets:
+        port = scenario.targets[target](procs, args, tmp, upstream_ports)
+        bench.check(target, port)
+        progress(f"{target}: listening on {HOST}:{port}")
+        if len(upstream_ports) > 1:
+            progress(f"{target}: upstream ports answering 30 requests: "
+                     f"{upstream_spread(target, port)}")
+        ports[target] = port
+    return ports
+
+
+def run(args: argparse.Namespace, tmp: Path) -> list:
     """Start every target, run the interleaved rounds, return the results."""
+    scenario = SCENARIOS[args.scenario]
     procs = Processes(tmp)
-    script = tmp / "report.lua"
-    script.write_text(WRK_SCRIPT)
-    durations = {"1k": args.duration_1k, "1m": args.duration_1m}
+    width = max(len(target) for target in args.targets)
     results = []
     try:
-        upstream_port = start_upstream(procs, args, tmp)
-        ports = {}
-        for target in args.targets:
-            if target == "direct":
-                ports[target] = upstream_port
-            else:
-                ports[target] = PROXY_STARTERS[target](
-                    procs, args, tmp, upstream_port)
-            check_target(target, ports[target], args.sizes)
-            progress(f"{target}: listening on {HOST}:{ports[target]}")
+        bench = scenario.bench(args, tmp)
+        ports = start_targets(procs, args, tmp, scenario, bench)
         if args.warmup > 0:
-            progress(f"warming up ({args.warmup:g} s per target and size)")
+            progress("warming up")
             for size in args.sizes:
                 for target in args.targets:
-                    measure(target, ports[target], size, 0, args.warmup,
-                            args, script)
+                    bench.measure(target, ports[target], size, 0, warmup=True)
         for round_no in range(1, args.rounds + 1):
             for size in args.sizes:
                 for target in args.targets:
-                    result = measure(target, ports[target], size, round_no,
-                                     durations[size], args, script)
+                    result = bench.measure(target, ports[target], size,
+                                           round_no)
                     results.append(result)
-                    progress(
-                        f"round {round_no}/{args.rounds} {size} {target:>10}: "
-                        f"{result.rps:>10,.0f} req/s  "
-                        f"p50 {format_ms(result.p50_us)}  "
-                        f"p99 {format_ms(result.p99_us)}  "
-                        f"errors {sum(result.errors.values())}")
+                    progress(f"round {round_no}/{args.rounds} {size} "
+                             f"{target:>{width}}: {bench.describe(result)}")
     finally:
         procs.stop_all()
     return results
@@ -529,13 +866,16 @@ def run(args: argparse.Namespace, tmp: Path) -> list[WrkResult]:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table; 1 on failure."""
     args = parse_args(argv)
-    missing = [tool for tool in ("nginx", "wrk", "taskset")
-               if shutil.which(tool) is None]
+    scenario = SCENARIOS[args.scenario]
+    missing = [tool for tool in scenario.tools if shutil.which(tool) is None]
     if missing:
         progress(f"missing tools: {', '.join(missing)}")
         return 1
     # SIGTERM unwinds like Ctrl-C, so every child is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
+    facts = environment(scenario.tools) if args.json else {}
+    progress("load average: " + " ".join(
+        f"{load:.2f}" for load in os.getloadavg()))
     tmp = Path(tempfile.mkdtemp(prefix="gatewaykit-bench-"))
     try:
         results = run(args, tmp)
@@ -550,17 +890,17 @@ def main(argv: list[str] | None = None) -> int:
             progress(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    rows = summarise(results, args.targets, args.sizes)
-    print(markdown_table(rows))
+    rows = summarise(results, scenario, args.targets, args.sizes)
+    print(markdown_table(rows, scenario))
     if args.json:
         args.json.write_text(json.dumps({
-            "environment": environment(),
+            "environment": facts,
             "settings": {
-                "rounds": args.rounds, "targets": args.targets,
-                "sizes": args.sizes, "connections": CONNECTIONS,
-                "durations": {"1k": args.duration_1k,
-                              "1m": args.duration_1m},
+                "scenario": args.scenario, "rounds": args.rounds,
+                "targets": args.targets, "sizes": args.sizes,
+                "references": scenario.references,
                 "client_cpu": args.client_cpu, "proxy_cpu": args.proxy_cpu,
+                **scenario.bench.settings(args),
             },
             "summary": rows,
             "runs": [asdict(result) for result in results],

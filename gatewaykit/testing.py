@@ -8,7 +8,7 @@ raw request bytes and read the raw response without any socket.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import httptools
 from twisted.internet.address import IPv4Address
@@ -26,6 +26,7 @@ from gatewaykit.config.model import (
     ListenerConfig,
     Match,
     PolicyConfig,
+    RedisConfig,
     RouteConfig,
     TargetConfig,
     UpstreamConfig,
@@ -44,6 +45,7 @@ def make_config(
     trusted_proxies: tuple = (),
     access_log: AccessLogConfig = AccessLogConfig(path="off"),
     policies: Iterable[PolicyConfig] = (),
+    redis: Optional[RedisConfig] = None,
 ) -> Config:
     """A whole L{Config} built in code, without YAML."""
     return Config(
@@ -54,6 +56,7 @@ def make_config(
             limits=limits,
             trusted_proxies=trusted_proxies,
             access_log=access_log,
+            redis=redis,
         ),
         listeners={listener.name: listener for listener in listeners},
         upstreams={upstream.name: upstream for upstream in upstreams},
@@ -262,11 +265,15 @@ class GatewayHarness:
     """
 
     def __init__(
-        self, config: Config, listener: str = "web", policy_types: Any = None
+        self,
+        config: Config,
+        listener: str = "web",
+        policy_types: Any = None,
+        store: Any = None,
     ) -> None:
         self.reactor = GatewayReactor()
         self.config = config
-        self.gateway = Gateway(config, self.reactor, policy_types=policy_types)
+        self.gateway = Gateway(config, self.reactor, store=store, policy_types=policy_types)
         self.factory = HTTP11ServerFactory(
             config.listeners[listener], self.gateway, self.reactor
         )

@@ -111,9 +111,13 @@ class PolicyCall:
         self._wrappers.append(wrap)
 
     def outgoing_stream(self) -> Any:
-        """The stream the action (or an answer) writes to, wrappers applied."""
+        """
+        The stream the action (or an answer) writes to, wrappers applied: the
+        last policy's wrapper is outermost, so the response passes through the
+        policies in reverse order (as Envoy's encoder filters do).
+        """
         stream = self.stream
-        for wrap in reversed(self._wrappers):
+        for wrap in self._wrappers:
             stream = wrap(stream)
         self._wrappers = []
         self.stream = stream

@@ -184,10 +184,12 @@ class RateLimit:
         # The in-process store answers at once: skip the Deferred.
         self._memory = store if isinstance(store, MemoryStore) else None
         self._clock = clock
-        self._on_error = redis.on_error if redis is not None else "open"
-        share = redis.local_share if redis is not None else 1.0
-        self._local_limit = math.ceil(options.limit * share)
-        self._local_burst = math.ceil(options.burst * share)
+        # Without gateway.redis the in-process store never fails; a store
+        # given some other way gets the defaults.
+        settings = redis if redis is not None else RedisConfig()
+        self._on_error = settings.on_error
+        self._local_limit = math.ceil(options.limit * settings.local_share)
+        self._local_burst = math.ceil(options.burst * settings.local_share)
         self._local: Optional[MemoryStore] = None
         quoted = json.dumps(name).encode("ascii")  # an sf-string: quotes and escapes
         self._quoted = quoted

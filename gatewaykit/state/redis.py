@@ -52,13 +52,8 @@ CONNECT_TIMEOUT = 2.0
 _UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS", "TRYAGAIN")
 
 # Twisted and txredisapi failures that mean the connection is not usable.
-_CONNECTION_FAILURES = (
-    defer.TimeoutError,
-    defer.CancelledError,
-    txredisapi.ConnectionError,
-    ConnectError,
-    ConnectionClosed,
-)
+# (A caller cancelling its own call is not one.)
+_CONNECTION_FAILURES = (txredisapi.ConnectionError, ConnectError, ConnectionClosed)
 
 
 @frozen
@@ -116,6 +111,9 @@ class _Watched:
     def __init__(self, *args: Any, lost_all: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._lost_all = lost_all
+        # Nobody waits for a lazy pool to be complete, and txredisapi logs
+        # why it failed (refused credentials...): don't leave it unhandled.
+        self.deferred.addErrback(lambda _: None)  # type: ignore[attr-defined]
 
     def delConnection(self, connection: Any) -> None:
         super().delConnection(connection)  # type: ignore[misc]
@@ -235,8 +233,8 @@ class RedisStore:
         if not self.available:
             return defer.fail(StoreUnavailable("Redis is unavailable (probing)"))
         d = defer.maybeDeferred(command)
-        # Cancelling leaves a placeholder in txredisapi's reply queue, so a
-        # late reply is dropped there instead of answering the next command.
+        # A timed-out command keeps its place in txredisapi's reply queue,
+        # so its late reply is dropped there instead of answering the next.
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._failed)
 
@@ -251,14 +249,17 @@ class RedisStore:
         return self._redis.evalsha(script.sha, keys, args).addErrback(reload)
 
     def _failed(self, failure: Failure) -> Failure:
-        if failure.check(*_CONNECTION_FAILURES) or (
+        if failure.check(defer.TimeoutError):
+            reason = f"no answer within {self._timeout:g}s"
+        elif failure.check(*_CONNECTION_FAILURES) or (
             failure.check(txredisapi.ResponseError)
             and str(failure.value).startswith(_UNAVAILABLE_REPLIES)
         ):
             reason = failure.getErrorMessage() or failure.type.__name__
-            self._went_away(reason)
-            return Failure(StoreUnavailable(reason))
-        return failure
+        else:
+            return failure
+        self._went_away(reason)
+        return Failure(StoreUnavailable(reason))
 
     def _went_away(self, reason: str) -> None:
         if not self.available or self._closed:

@@ -7,31 +7,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-from collections import deque
 from typing import Any
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from tests.integration import support
+from tests.integration.support import RedisServer, connect_resp
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 REPLY_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def tcp_config(ports: list[int], **upstream: Any) -> dict:
@@ -49,161 +39,7 @@ def tcp_config(ports: list[int], **upstream: Any) -> dict:
     }
 
 
-# -- a RESP client ---------------------------------------------------------------
-
-
-class RedisError(Exception):
-    """An error reply."""
-
-
-_INCOMPLETE = object()
-
-
-class RespClient(Protocol):
-    """Sends Redis commands and parses the replies, one command at a time or pipelined."""
-
-    transport: Any
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._waiting: deque[defer.Deferred] = deque()
-        self.closed = support.Event()
-
-    def command(self, *args: Any) -> defer.Deferred:
-        """Send one command; fires with its reply (errors as L{RedisError})."""
-        parts = [b"*%d\r\n" % len(args)]
-        for arg in args:
-            value = arg if isinstance(arg, bytes) else str(arg).encode("utf-8")
-            parts.append(b"$%d\r\n" % len(value))
-            parts.append(value)
-            parts.append(b"\r\n")
-        self.transport.writeSequence(parts)
-        reply: defer.Deferred = defer.Deferred()
-        self._waiting.append(reply)
-        reply.addTimeout(REPLY_TIMEOUT, reactor)
-        return reply
-
-    def dataReceived(self, data: bytes) -> None:
-        self._buffer += data
-        while self._waiting:
-            value = self._parse()
-            if value is _INCOMPLETE:
-                return
-            waiter = self._waiting.popleft()
-            if isinstance(value, RedisError):
-                waiter.errback(value)
-            else:
-                waiter.callback(value)
-
-    def _parse(self) -> Any:
-        buffer = self._buffer
-        end = buffer.find(b"\r\n")
-        if end == -1:
-            return _INCOMPLETE
-        kind, line = buffer[:1], bytes(buffer[1:end])
-        consumed = end + 2
-        value: Any
-        if kind == b"+":
-            value = line.decode("utf-8")
-        elif kind == b"-":
-            value = RedisError(line.decode("utf-8"))
-        elif kind == b":":
-            value = int(line)
-        elif kind == b"$":
-            size = int(line)
-            if size == -1:
-                value = None
-            else:
-                if len(buffer) < consumed + size + 2:
-                    return _INCOMPLETE
-                value = bytes(buffer[consumed : consumed + size])
-                consumed += size + 2
-        else:
-            raise ValueError(f"unexpected reply {bytes(buffer[:40])!r}")
-        del buffer[:consumed]
-        return value
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        waiting, self._waiting = self._waiting, deque()
-        for waiter in waiting:
-            waiter.errback(reason)
-        self.closed.fire()
-
-    def close(self) -> defer.Deferred:
-        if not self.closed.happened:
-            self.transport.abortConnection()
-        return self.closed.wait()
-
-
-@defer.inlineCallbacks
-def connect_resp(test_case: Any, port: int) -> Any:
-    """A L{RespClient} connected to 127.0.0.1:C{port}, closed on cleanup."""
-    client = RespClient()
-    yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=5), client)
-    test_case.addCleanup(client.close)
-    return client
-
-
 # -- servers -----------------------------------------------------------------------
-
-
-class RedisServer(ProcessProtocol):
-    """A C{redis-server} on a free loopback port, in its own folder, never persisting."""
-
-    def __init__(self, test_case: Any) -> None:
-        self._test_case = test_case
-        self.port = 0
-        self.output: list[bytes] = []
-        self.ended = support.Event()
-        self._process: Any = None
-
-    @defer.inlineCallbacks
-    def start(self) -> Any:
-        """Spawn it and fire with C{self} once it answers PING."""
-        directory = os.path.abspath(self._test_case.mktemp())
-        os.makedirs(directory)
-        self.port = free_port()
-        args = [
-            REDIS_SERVER,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", directory,
-        ]  # fmt: skip
-        self._test_case.addCleanup(self.kill)
-        self._process = reactor.spawnProcess(self, REDIS_SERVER, args, env={}, path=directory)
-        deadline = reactor.seconds() + 10
-        while True:
-            if self.ended.happened:
-                raise RuntimeError(f"redis-server exited: {b''.join(self.output)!r}")
-            try:
-                client = yield connect_resp(self._test_case, self.port)
-                pong = yield client.command("PING")
-                yield client.close()
-                if pong == "PONG":
-                    return self
-            except Exception:
-                if reactor.seconds() > deadline:
-                    raise
-            yield support.sleep(0.05)
-
-    def outReceived(self, data: bytes) -> None:
-        self.output.append(data)
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.fire()
-
-    def kill(self) -> defer.Deferred:
-        """SIGKILL; fires once it is gone."""
-        if not self.ended.happened:
-            try:
-                self._process.signalProcess("KILL")
-            except ProcessExitedAlready:
-                pass
-        return self.ended.wait()
 
 
 @implementer(IHalfCloseableProtocol)
