@@ -50,8 +50,10 @@ class Gateway:
         access_log: Optional[AccessLog] = None,
         store: Optional[IStateStore] = None,
         policy_types: Optional[Mapping[str, IPolicyFactory]] = None,
+        metrics: Any = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.reactor = reactor
         self.limits = config.gateway.limits
         self.trusted_proxies = config.gateway.trusted_proxies
@@ -102,6 +104,7 @@ class Gateway:
                 self.reactor,
                 self.via,
                 route.timeout,
+                self.metrics,
             )
         if route.respond is not None:
             return Respond(route.respond)
@@ -149,6 +152,8 @@ class Gateway:
         """Account for one answered request."""
         if self.access_log is not None:
             self.access_log.log(stream)
+        if self.metrics is not None:
+            self.metrics.request_finished(stream)
 
     def start(self) -> None:
         """Start what runs in the background (health checks)."""

@@ -37,8 +37,10 @@ class ProxyAction:
         clock: Any,
         via: bytes,
         response_timeout: Optional[float] = None,
+        metrics: Any = None,
     ) -> None:
         self.upstream = upstream
+        self.metrics = metrics
         self.head_builder = head_builder
         self.clock = clock
         self.via = via
@@ -294,7 +296,11 @@ class ProxyExchange:
         self._response_started = True
         self._response_timer.clear()
         self._idle.set(self._action.idle_timeout)
-        target.record_latency(self._action.clock.seconds() - self._sent_at)
+        latency = self._action.clock.seconds() - self._sent_at
+        target.record_latency(latency)
+        metrics = self._action.metrics
+        if metrics is not None:
+            metrics.upstream_response(self._upstream.name, latency)
         stream = self._stream
         out = downstream_fields(fields, self._request.request_id, self._action.via, hop_by_hop)
         if self._sticky is not None:
