@@ -146,6 +146,11 @@ VERSION_ARGV = {
 }
 
 
+def format_ms(micros: float) -> str:
+    """Microseconds as milliseconds for the table."""
+    return f"{micros / 1000:.2f} ms"
+
+
 class BenchError(Exception):
     """A target could not be started, checked or measured."""
 
@@ -169,6 +174,13 @@ class WrkResult:
     bytes: int
     errors: dict[str, int] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """One progress line's worth of this result."""
+        return (f"{self.rps:>10,.0f} req/s  "
+                f"p50 {format_ms(self.p50_us)}  "
+                f"p99 {format_ms(self.p99_us)}  "
+                f"errors {sum(self.errors.values())}")
+
 
 @dataclass
 class TransferResult:
@@ -184,6 +196,12 @@ class TransferResult:
     mib_s: float  # bytes / seconds, in MiB/s
     times: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One progress line's worth of this result."""
+        return (f"{self.mib_s:>8,.0f} MiB/s  {self.seconds:.2f} s  "
+                f"{self.bytes:,} bytes  "
+                f"errors {sum(self.errors.values())}")
 
 
 def free_port() -> int:
@@ -511,11 +529,6 @@ def run_curls(url: str, count: int,
     return done
 
 
-def format_ms(micros: float) -> str:
-    """Microseconds as milliseconds for the table."""
-    return f"{micros / 1000:.2f} ms"
-
-
 class WrkBench:
     """wrk at a fixed concurrency for a fixed time: req/s and latency."""
 
@@ -554,14 +567,6 @@ class WrkBench:
             mean_us=raw["mean_us"], bytes=int(raw["bytes"]),
             errors={key[4:]: int(value) for key, value in raw.items()
                     if key.startswith("err_")})
-
-    @staticmethod
-    def describe(result: WrkResult) -> str:
-        """One progress line's worth of a result."""
-        return (f"{result.rps:>10,.0f} req/s  "
-                f"p50 {format_ms(result.p50_us)}  "
-                f"p99 {format_ms(result.p99_us)}  "
-                f"errors {sum(result.errors.values())}")
 
     @staticmethod
     def settings(args: argparse.Namespace) -> dict:
@@ -605,13 +610,6 @@ class TransferBench:
             times=[secs for _, secs in ok],
             errors={"curl": count - len(ok),
                     "size": sum(size != expected for size, _ in ok)})
-
-    @staticmethod
-    def describe(result: TransferResult) -> str:
-        """One progress line's worth of a result."""
-        return (f"{result.mib_s:>8,.0f} MiB/s  {result.seconds:.2f} s  "
-                f"{result.bytes:,} bytes  "
-                f"errors {sum(result.errors.values())}")
 
     @staticmethod
     def settings(args: argparse.Namespace) -> dict:
@@ -857,7 +855,7 @@ def run(args: argparse.Namespace, tmp: Path) -> list:
                                            round_no)
                     results.append(result)
                     progress(f"round {round_no}/{args.rounds} {size} "
-                             f"{target:>{width}}: {bench.describe(result)}")
+                             f"{target:>{width}}: {result.describe()}")
     finally:
         procs.stop_all()
     return results

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
+from twisted.internet.defer import Deferred
+
 from twisted.logger import Logger
 
 from gatewaykit.accesslog import AccessLog
@@ -54,6 +56,8 @@ class Gateway:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        self.in_flight = 0  # requests dispatched here and not finished
+        self._retired: Optional[Deferred[None]] = None
         self.reactor = reactor
         self.limits = config.gateway.limits
         self.trusted_proxies = config.gateway.trusted_proxies
@@ -119,6 +123,7 @@ class Gateway:
     def dispatch(self, stream: Any) -> None:
         """Route one request and hand it to its route's action."""
         stream.gateway = self
+        self.in_flight += 1
         request = stream.request
         try:
             route = self.routers[request.listener].match(request)
@@ -154,11 +159,50 @@ class Gateway:
             self.access_log.log(stream)
         if self.metrics is not None:
             self.metrics.request_finished(stream)
+        if stream.gateway is self:
+            self.in_flight -= 1
+            if self.in_flight == 0 and self._retired is not None:
+                self._finish_retiring()
 
     def start(self) -> None:
         """Start what runs in the background (health checks)."""
         for upstream in self.upstreams.values():
             upstream.start()
+
+    def adopt_state(self, previous: Gateway) -> None:
+        """
+        Carry over what the previous version learnt about targets that are
+        still here (same upstream name and address): health, ejection,
+        latency. Call before L{start}.
+        """
+        for name, upstream in self.upstreams.items():
+            old = previous.upstreams.get(name)
+            if old is None:
+                continue
+            for target in upstream.targets:
+                before = old.target_at(target.address)
+                if before is not None:
+                    target.adopt(before)
+
+    def retire(self) -> Deferred[None]:
+        """
+        Stop taking part (health checks stop now); close what this version
+        holds once its requests in flight have finished. Fires then.
+        """
+        if self._retired is None:
+            self._retired = Deferred()
+            for upstream in self.upstreams.values():
+                upstream.stop_checks()
+            if self.in_flight == 0:
+                self._finish_retiring()
+        return self._retired
+
+    def _finish_retiring(self) -> None:
+        self.close()
+        retired = self._retired
+        assert retired is not None
+        if not retired.called:
+            retired.callback(None)
 
     def close(self) -> None:
         """Stop background work and release idle upstream connections."""

@@ -272,9 +272,18 @@ class HTTP11Stream(ResponseMethods):
 
     def _connection_lost(self) -> None:
         self.lost = True
+        if self.finished:
+            return
         handler = self.handler
-        if handler is not None and not self.finished:
+        if handler is not None:
             handler.stream_lost()
+        if self.gateway is not None:
+            # Answered or not, the request is over: account for it (logged
+            # as 499, nginx's "client closed request", if nothing was sent).
+            self.finished = True
+            if not self.head_sent:
+                self.status = 499
+            self._protocol.factory.stream_finished(self)
 
 
 class HTTP11ServerProtocol(Protocol):

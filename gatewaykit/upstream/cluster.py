@@ -112,10 +112,14 @@ class Upstream:
         if self.health is not None:
             self.health.start()
 
-    def close(self) -> None:
-        """Stop checks and close idle connections (shutdown, or dropped by a reload)."""
+    def stop_checks(self) -> None:
+        """Stop active health checks (a newer config version does them now)."""
         if self.health is not None:
             self.health.stop()
+
+    def close(self) -> None:
+        """Stop checks and close idle connections (shutdown, or dropped by a reload)."""
+        self.stop_checks()
         if self.outlier is not None:
             self.outlier.stop()
         self.pool.close()

@@ -50,6 +50,13 @@ class Target:
     def available(self) -> bool:
         return self.healthy and not self.ejected
 
+    def adopt(self, previous: Target) -> None:
+        """Take over what C{previous} (the same address, an older config) knew."""
+        self.healthy = previous.healthy
+        self.ewma_latency = previous.ewma_latency
+        self.requests = previous.requests
+        self.failures = previous.failures
+
     def record_latency(self, seconds: float) -> None:
         """Fold one response time into the moving average."""
         if self.ewma_latency == 0.0:
