@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, cast
 
 from attrs import frozen
 from twisted.application.service import Service
-from twisted.internet import defer, tcp
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
@@ -40,22 +40,6 @@ class ReloadResult:
     problems: tuple[str, ...] = ()
 
 
-class SharedPort(tcp.Port):
-    """
-    A listening socket inherited from a supervising process and shared with
-    other worker processes. Each wake-up accepts one connection, so a busy
-    worker leaves new connections to idle ones instead of taking a batch.
-    """
-
-    @property
-    def numberAccepts(self) -> int:
-        return 1
-
-    @numberAccepts.setter
-    def numberAccepts(self, value: int) -> None:
-        pass
-
-
 def listener_key(listener: ListenerConfig) -> tuple[str, str, int]:
     """What must stay the same for a listener to be kept across a reload."""
     return (listener.protocol, listener.host, listener.port)
@@ -72,9 +56,9 @@ class GatewayService(Service):
     @ivar ports: the listening ports by listener name (their C{getHost()}
         tells the port the OS chose for C{:0}).
     @ivar reloads: how many reloads succeeded (C{ok}) and failed (C{failed}).
-    @param sockets: listening sockets inherited from a supervisor, as
-        C{{listener name: (file descriptor, address family)}}; without them
-        the service binds its own.
+    @param sockets: listening sockets opened beforehand (a worker's, see
+        L{gatewaykit.workers}), as C{{listener name: (file descriptor,
+        address family)}}; without them the service binds its own.
     """
 
     def __init__(
@@ -178,13 +162,10 @@ class GatewayService(Service):
         )
 
     def _bind(self, listener: ListenerConfig, factory: Any) -> IListeningPort:
-        inherited = (self._sockets or {}).get(listener.name)
-        if inherited is not None:
-            fd, family = inherited
-            # Twisted's adoptStreamPort has no way to choose the port class.
-            port = SharedPort._fromListeningDescriptor(self.reactor, fd, family, factory)
-            port.startListening()
-            return cast(IListeningPort, port)
+        opened = (self._sockets or {}).get(listener.name)
+        if opened is not None:
+            fd, family = opened
+            return cast(IListeningPort, self.reactor.adoptStreamPort(fd, family, factory))
         interface = listener.host or "::"
         try:
             return self.reactor.listenTCP(listener.port, factory, backlog=1024, interface=interface)
@@ -264,7 +245,7 @@ class GatewayService(Service):
                     self._close(name)  # same port, other protocol or host: rebind
                 self._open_staged(listener, gateway, opened)
         except CannotListenError as exc:
-            for name, port, _ in opened:
+            for _, port, _ in opened:
                 port.stopListening()
             gateway.close()
             return self._failed([f"{source}: {exc.socketError}"])
@@ -379,26 +360,42 @@ class GatewayService(Service):
         return done
 
 
-def listening_socket(listener: ListenerConfig) -> socket.socket:
+def bound_socket(
+    listener: ListenerConfig, reuse_port: bool = False, port: Optional[int] = None
+) -> socket.socket:
     """
-    A non-blocking listening socket for C{listener}, for a supervisor to
-    hand to its workers (who accept on it).
+    A socket bound to C{listener}'s address (or to C{port} on its host),
+    not yet listening. With C{reuse_port} several processes may bind the
+    same address, and the kernel spreads connections over those listening.
     """
     host = listener.host
-    family = socket.AF_INET6 if (not host or ":" in host) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and not host:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host or "::", listener.port))
-    except OSError:
-        sock.close()
-        if host:
-            raise
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("0.0.0.0", listener.port))
+    port = listener.port if port is None else port
+    families = [socket.AF_INET6, socket.AF_INET] if not host else [
+        socket.AF_INET6 if ":" in host else socket.AF_INET
+    ]
+    for family in families:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6 and not host:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            any_address = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            sock.bind((host or any_address, port))
+            return sock
+        except OSError:
+            sock.close()
+            if family == families[-1]:
+                raise
+    raise AssertionError("unreachable")
+
+
+def listening_socket(
+    listener: ListenerConfig, reuse_port: bool = False, port: Optional[int] = None
+) -> socket.socket:
+    """A non-blocking listening socket for C{listener} (see L{bound_socket})."""
+    sock = bound_socket(listener, reuse_port, port)
     sock.listen(1024)
     sock.setblocking(False)
     return sock

@@ -19,6 +19,13 @@ class Options(usage.Options):
     longdesc = "Run the gatewaykit reverse proxy, load balancer and API gateway."
     optParameters = [
         ["config", "c", None, "Path to the YAML configuration file."],
+        [
+            "workers",
+            "w",
+            None,
+            "Worker processes sharing the listening sockets: a number, or 'auto' "
+            "(one per CPU). Overrides gateway.workers.",
+        ],
     ]
     optFlags = [
         ["demo", None, "Run the bundled demo (conf/demo.yaml and two demo upstreams)."],
@@ -32,6 +39,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"] and not self["demo"]:
             raise usage.UsageError("give --config PATH (or --demo)")
+        workers = self["workers"]
+        if workers is not None and workers != "auto":
+            if not workers.isdigit() or int(workers) < 1:
+                raise usage.UsageError("--workers takes a number >= 1 or 'auto'")
 
 
 def makeService(options: Options) -> IService:
@@ -41,6 +52,7 @@ def makeService(options: Options) -> IService:
     from gatewaykit.config import ConfigError, load_config
     from gatewaykit.demo import demo_config_path, demo_upstreams
     from gatewaykit.service import GatewayService
+    from gatewaykit.workers import Supervisor, worker_count
 
     path = options["config"] or demo_config_path()
     try:
@@ -50,5 +62,9 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     if options["demo"]:
         demo_upstreams().setServiceParent(top)
-    GatewayService(config, reactor).setServiceParent(top)
+    count = worker_count(options["workers"] or config.gateway.workers)
+    if count > 1:
+        Supervisor(config, count, reactor).setServiceParent(top)
+    else:
+        GatewayService(config, reactor).setServiceParent(top)
     return top

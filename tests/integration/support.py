@@ -214,9 +214,12 @@ class GatewayProcess(ProcessProtocol):
         test_case: TestCase,
         config: Any,
         listeners: tuple[str, ...] = ("web",),
+        arguments: Sequence[str] = (),
     ) -> None:
         self._test_case = test_case
         self._listeners = listeners
+        self._arguments = tuple(arguments)
+        self.config_path = ""
         self._config = config if isinstance(config, str) else yaml.safe_dump(config)
         self._ports: dict[str, int] = {}
         self._chunks: list[str] = []
@@ -247,7 +250,7 @@ class GatewayProcess(ProcessProtocol):
         """
         directory = os.path.abspath(self._test_case.mktemp())
         os.makedirs(directory)
-        path = os.path.join(directory, "gateway.yaml")
+        path = self.config_path = os.path.join(directory, "gateway.yaml")
         with open(path, "w", encoding="utf-8") as f:
             f.write(self._config)
         env = dict(os.environ)
@@ -262,6 +265,7 @@ class GatewayProcess(ProcessProtocol):
             "gatewaykit",
             "--config",
             path,
+            *self._arguments,
         ]
         self._ready = defer.Deferred()
         self._test_case.addCleanup(self._kill)
@@ -819,9 +823,11 @@ class GatewayTestCase(TestCase):
     def start_upstream(self) -> UpstreamServer:
         return start_upstream(self)
 
-    def start_gateway(self, config: Any, listeners: tuple[str, ...] = ("web",)) -> defer.Deferred:
+    def start_gateway(
+        self, config: Any, listeners: tuple[str, ...] = ("web",), arguments: Sequence[str] = ()
+    ) -> defer.Deferred:
         """A running L{GatewayProcess} for C{config} (a dict or YAML text)."""
-        return GatewayProcess(self, config, listeners).start()
+        return GatewayProcess(self, config, listeners, arguments).start()
 
     @defer.inlineCallbacks
     def start_proxy(self, **config: Any) -> Any:
