@@ -2,7 +2,7 @@
 """
 Benchmark gatewaykit against nginx, HAProxy, stock Twisted and no proxy.
 
-Three scenarios (--scenario), each against one nginx upstream:
+Four scenarios (--scenario), each against one nginx upstream:
 
 proxy (default): gatewaykit, nginx, Twisted's stock proxy and no proxy,
     wrk on /1k (1024 bytes) and /1m (1 MiB); ratios to nginx-as-a-proxy.
@@ -12,6 +12,8 @@ balancing: gatewaykit with an upstream of 1 target and of 3 targets
 tcp: gatewaykit's tcp listener, HAProxy in TCP mode and no proxy, curl
     downloading 1 GiB, then 8 x 128 MiB in parallel; ratios to HAProxy and
     to direct.
+workers: gatewaykit with 1 and with 2 worker processes (--workers), wrk on
+    /1k; neither is pinned (2 workers need both CPUs). Ratio to 1 worker.
 
 The client (wrk or curl) and the upstream share CPU 0; the proxy under test
 runs alone on CPU 1. Targets run interleaved for several rounds; the table
@@ -384,12 +386,13 @@ def default_gatewaykit_cmd() -> str:
 
 
 def gatewaykit_http_config(port: int, upstream_ports: list[int],
+                           workers: int = 1,
                            **upstream_keys: str) -> dict:
     """One http listener, one route, one upstream over upstream_ports."""
     upstream = {"targets": [f"{HOST}:{p}" for p in upstream_ports],
                 "pool": {"max_idle_per_target": 128}, **upstream_keys}
     return {
-        "gateway": {"access_log": {"path": "off"}},
+        "gateway": {"access_log": {"path": "off"}, "workers": workers},
         "listeners": {"web": {"protocol": "http", "bind": f"{HOST}:{port}"}},
         "upstreams": {"bench": upstream},
         "routes": [{"name": "all", "match": {"path_prefix": "/"},
@@ -409,8 +412,12 @@ def gatewaykit_tcp_config(port: int, upstream_ports: list[int]) -> dict:
 
 
 def start_gatewaykit(procs: Processes, args: argparse.Namespace, tmp: Path,
-                     name: str, make_config: Callable[[int], dict]) -> int:
-    """Start gatewaykit on make_config(port) as name; return the port."""
+                     name: str, make_config: Callable[[int], dict],
+                     pin: bool = True) -> int:
+    """
+    Start gatewaykit on make_config(port) as name; return the port.
+    Pinned to the proxy CPU unless pin is false.
+    """
     port = free_port()
     config = tmp / f"{name}.yaml"
     # JSON is YAML: no YAML writer needed.
@@ -428,7 +435,8 @@ def start_gatewaykit(procs: Processes, args: argparse.Namespace, tmp: Path,
         filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
     cwd = tmp / name
     cwd.mkdir()
-    procs.start(name, argv, port, args.proxy_cpu, cwd=cwd, env=env)
+    procs.start(name, argv, port, args.proxy_cpu if pin else None,
+                cwd=cwd, env=env)
     return port
 
 
@@ -460,6 +468,21 @@ def balanced_gatewaykit(count: int, balancer: str,
             lambda port: gatewaykit_http_config(
                 port, upstream_ports[:count], balancer=balancer,
                 **upstream_keys))
+    return start
+
+
+def gatewaykit_workers(count: int) -> Starter:
+    """
+    A starter for gatewaykit with count worker processes, not pinned: the
+    workers must be free to use every CPU (so is the 1-worker baseline).
+    """
+    def start(procs: Processes, args: argparse.Namespace, tmp: Path,
+              upstream_ports: list[int]) -> int:
+        return start_gatewaykit(
+            procs, args, tmp, f"gatewaykit-{count}w",
+            lambda port: gatewaykit_http_config(
+                port, upstream_ports[:1], workers=count),
+            pin=False)
     return start
 
 
@@ -649,6 +672,11 @@ SCENARIOS = {
                  "3-hash": balanced_gatewaykit(3, "hash", hash_key="ip")},
         bench=WrkBench, loads=("1k",), references=("1-target",),
         tools=("nginx", "wrk", "taskset"), upstream_ports=3),
+    "workers": Scenario(
+        targets={"1-worker": gatewaykit_workers(1),
+                 "2-workers": gatewaykit_workers(2)},
+        bench=WrkBench, loads=("1k",), references=("1-worker",),
+        tools=("nginx", "wrk", "taskset")),
     "tcp": Scenario(
         targets={"gatewaykit": start_gatewaykit_tunnel,
                  "haproxy": start_haproxy,
