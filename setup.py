@@ -18,6 +18,7 @@ setup(
         "gatewaykit": ["py.typed"],
         "gatewaykit.conf": ["*.yaml", "public/*", "public/**/*"],
         "gatewaykit.state": ["lua/*.lua"],
+        "gatewaykit.admin": ["static/*.html", "static/*.css", "static/*.js"],
         "twisted": ["plugins/gatewaykit_plugins.py"],
     },
     install_requires=[

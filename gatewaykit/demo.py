@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import TCPServer
@@ -19,8 +20,12 @@ DEMO_UPSTREAMS = (("demo-a", 9101), ("demo-b", 9102))
 
 
 def demo_config_path() -> str:
-    """Where the installed copy of C{conf/demo.yaml} is."""
-    return str(resources.files("gatewaykit.conf").joinpath("demo.yaml"))
+    """Where C{conf/demo.yaml} is: installed as C{gatewaykit.conf}, or in a checkout."""
+    try:
+        return str(resources.files("gatewaykit.conf").joinpath("demo.yaml"))
+    except ModuleNotFoundError:
+        # Running from a source checkout: conf/ sits beside the package.
+        return str(Path(__file__).resolve().parent.parent / "conf" / "demo.yaml")
 
 
 class DemoApp(Resource):

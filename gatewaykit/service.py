@@ -79,6 +79,8 @@ class GatewayService(Service):
         self.ports: dict[str, IListeningPort] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.started_at = 0.0
+        # Called with the new Config after each successful reload.
+        self.on_reloaded: list[Callable[[Config], Any]] = []
         self._sockets = sockets
         self._handle_signals = handle_signals
         self._listening = False
@@ -277,6 +279,8 @@ class GatewayService(Service):
             source=source,
             digest=config.digest[:12],
         )
+        for hook in self.on_reloaded:
+            hook(config)
         return ReloadResult(True, config.digest)
 
     def _open_staged(

@@ -5,6 +5,7 @@ The C{twistd gatewaykit} plugin: options and the service tree.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
@@ -49,6 +50,9 @@ def makeService(options: Options) -> IService:
     """Load and validate the config, then build the service tree."""
     from twisted.internet import reactor
 
+    from gatewaykit.admin.metrics import Metrics
+    from gatewaykit.admin.server import AdminService
+    from gatewaykit.admin.state import LocalState, SupervisorState
     from gatewaykit.config import ConfigError, load_config
     from gatewaykit.demo import demo_config_path, demo_upstreams
     from gatewaykit.service import GatewayService
@@ -63,8 +67,23 @@ def makeService(options: Options) -> IService:
     if options["demo"]:
         demo_upstreams().setServiceParent(top)
     count = worker_count(options["workers"] or config.gateway.workers)
+    gateway: Any
     if count > 1:
-        Supervisor(config, count, reactor).setServiceParent(top)
+        gateway = Supervisor(config, count, reactor)
+        state: Any = SupervisorState(gateway)
     else:
-        GatewayService(config, reactor).setServiceParent(top)
+        metrics = Metrics(reactor)
+        gateway = GatewayService(config, reactor, metrics=metrics)
+        state = LocalState(gateway, metrics)
+    gateway.setServiceParent(top)
+    if config.gateway.admin is not None:
+        admin = AdminService(state, config.gateway.admin, reactor)
+        admin.setServiceParent(top)  # after the gateway: it reports on it
+
+        def reconfigure(new: Any) -> None:
+            # Switching the admin API on or off takes a restart.
+            if new.gateway.admin is not None:
+                admin.reconfigure(new.gateway.admin)
+
+        gateway.on_reloaded.append(reconfigure)
     return top

@@ -74,9 +74,12 @@ class Worker:
     """The service of one worker process and what it tells its supervisor."""
 
     def __init__(self, service: Any, index: int, reactor: Any) -> None:
+        from gatewaykit.admin.state import LocalState
+
         self.service = service
         self.index = index
         self.reactor = reactor
+        self.state = LocalState(service, worker_id=index)
 
     def answer(self, op: str) -> Any:
         if op == "status":
@@ -94,16 +97,10 @@ class Worker:
         raise ValueError(f"unknown control operation {op!r}")
 
     def status(self) -> Any:
-        from gatewaykit.admin.state import LocalState
-
-        return LocalState(self.service).status()
+        return self.state.status()
 
     def metrics(self) -> Any:
-        from gatewaykit.admin.state import LocalState
-
-        return LocalState(self.service).metrics_text().addCallback(
-            lambda text: text.decode("utf-8")
-        )
+        return self.state.metrics_text().addCallback(lambda text: text.decode("utf-8"))
 
     def stop(self) -> None:
         """Stop serving (the reactor's shutdown drains the service)."""
@@ -138,6 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run one worker until the supervisor stops it."""
     from twisted.internet import reactor as installed
 
+    from gatewaykit.admin.metrics import Metrics
     from gatewaykit.service import GatewayService
 
     reactor: Any = installed
@@ -157,6 +155,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         config,
         reactor,
         sockets={name: (s.fileno(), int(s.family)) for name, s in sockets.items()},
+        metrics=Metrics(reactor),
         handle_signals=False,
     )
     worker = Worker(service, arguments.index, reactor)

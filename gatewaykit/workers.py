@@ -20,7 +20,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -136,6 +136,8 @@ class Supervisor(Service):
         self.workers: dict[int, WorkerProcess] = {}
         self.reloads = {"ok": 0, "failed": 0}
         self.started_at = 0.0
+        # Called with the new Config after each successful reload.
+        self.on_reloaded: list[Callable[[Config], Any]] = []
         self._generation = 0
         self._stopping = False
         self._failures: dict[int, int] = {}
@@ -294,6 +296,7 @@ class Supervisor(Service):
             return ReloadResult(False, problems=tuple(dict.fromkeys(problems)))
         self.reloads["ok"] += 1
         log.info("configuration reloaded by {count} workers", count=len(self.workers))
+        self._reloaded(config)
         return ReloadResult(True, config.digest)
 
     @defer.inlineCallbacks
@@ -315,7 +318,12 @@ class Supervisor(Service):
                 sock.close()
         self.reloads["ok"] += 1
         log.info("configuration reloaded: workers replaced for the new listeners")
+        self._reloaded(config)
         return ReloadResult(True, config.digest)
+
+    def _reloaded(self, config: Config) -> None:
+        for hook in self.on_reloaded:
+            hook(config)
 
     # -- gathering state -------------------------------------------------------
 

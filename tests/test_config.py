@@ -312,7 +312,7 @@ class EnvironmentTests(ConfigTestCase):
             self.problems("gateway:\n  ${K}: 1\n", {"K": "workers"}),
             [
                 "gw.yaml:2:3: unknown key '${K}'; expected one of: node, workers,"
-                " drain_timeout, trusted_proxies, limits, access_log, redis"
+                " drain_timeout, trusted_proxies, limits, access_log, redis, admin"
             ],
         )
 
@@ -345,11 +345,14 @@ class UnknownKeyTests(ConfigTestCase):
 
     def test_not_yet_supported(self) -> None:
         """A key from the spec that is not implemented says so."""
+        problems = self.problems_with_common(
+            "routes:\n  - {name: r, upstream: users, mirror: {upstream: users}}\n"
+        )
         self.assertEqual(
-            self.problems("gateway: {admin: {bind: ':9901'}}\n"),
+            problems,
             [
-                "gw.yaml:1:11: unknown key 'admin':"
-                " not supported yet (coming with the admin API)"
+                "gw.yaml:2:32: unknown key 'mirror':"
+                " not supported yet (coming with traffic mirroring)"
             ],
         )
 
@@ -574,11 +577,14 @@ class ListenerTests(ConfigTestCase):
             (config.listeners["web"].host, config.listeners["web"].port), ("", 8080)
         )
 
-    def test_unsupported_protocol(self) -> None:
-        """A protocol from the spec not implemented yet says so."""
+    def test_https_needs_tls(self) -> None:
+        """An https listener without a tls section says what it needs."""
         self.assertEqual(
             self.problems("listeners:\n  tls: {protocol: https, bind: ':443'}\n"),
-            ["gw.yaml:2:19: protocol 'https' is not supported yet; supported: http, tcp"],
+            [
+                "gw.yaml:2:8: https listener 'tls' needs a tls section with certificates:"
+                " [{cert: FILE, key: FILE}]"
+            ],
         )
 
     def test_unknown_protocol(self) -> None:
@@ -586,8 +592,8 @@ class ListenerTests(ConfigTestCase):
         self.assertEqual(
             self.problems("listeners:\n  x: {protocol: htp, bind: ':80'}\n"),
             [
-                "gw.yaml:2:17: unknown protocol 'htp'; expected one of: http, tcp;"
-                " did you mean 'http'?"
+                "gw.yaml:2:17: unknown protocol 'htp'; expected one of: http, https, tcp,"
+                " tls_passthrough; did you mean 'http'?"
             ],
         )
 
@@ -767,11 +773,9 @@ class UpstreamTests(ConfigTestCase):
         self.assertEqual(config.upstreams["u"].balancer, "round_robin")
 
     def test_https_scheme(self) -> None:
-        """scheme https is not supported yet."""
-        self.assertEqual(
-            self.problems("upstreams:\n  u: {targets: ['h:1'], scheme: https}\n"),
-            ["gw.yaml:2:33: scheme 'https' is not supported yet; supported: http"],
-        )
+        """scheme https is accepted (its tls section is tested in test_tls_config)."""
+        config = self.parse("upstreams:\n  u: {targets: ['h:1'], scheme: https}\n")
+        self.assertEqual(config.upstreams["u"].scheme, "https")
 
     def test_negative_pool(self) -> None:
         """max_idle_per_target below 0 is an error."""

@@ -25,6 +25,7 @@ from gatewaykit.config.addresses import (
 from gatewaykit.config.errors import ConfigError, ConfigProblem
 from gatewaykit.config.model import (
     AccessLogConfig,
+    AdminConfig,
     CircuitBreakerConfig,
     Condition,
     Config,
@@ -77,6 +78,12 @@ from gatewaykit.config.schema import (
     text,
     token,
     wrong,
+)
+from gatewaykit.config.tls import (
+    check_route_hosts,
+    listener_tls,
+    sni_mapping,
+    upstream_tls,
 )
 from gatewaykit.config.yamlpos import MapNode, Node, ScalarNode, compose, plain
 from gatewaykit.plugins import DuplicatePluginName, balancer_factories, policy_factories
@@ -304,6 +311,28 @@ REDIS = Section(
     }
 ).into(RedisConfig)
 
+def _admin_token(value: str) -> str:
+    if value and not _VISIBLE.fullmatch(value):
+        raise ValueError(
+            "an admin token must be visible ASCII without spaces (it is sent in a header)"
+        )
+    return value
+
+
+def _admin(ctx: Context, node: Node) -> AdminConfig:
+    values = ADMIN(ctx, node)
+    if "bind" in values:
+        values["host"], values["port"] = values.pop("bind")
+    return AdminConfig(**values)
+
+
+ADMIN = Section(
+    {
+        "bind": converted(parse_bind, "host:port"),
+        "token": converted(_admin_token, "a token"),
+    }
+)
+
 GATEWAY = Section(
     {
         "node": converted(_node_name, "a node name"),
@@ -313,28 +342,37 @@ GATEWAY = Section(
         "limits": LIMITS,
         "access_log": ACCESS_LOG,
         "redis": REDIS,
+        "admin": _admin,
     },
-    upcoming={"admin": "the admin API"},
 )
 
 LISTENER = Section(
     {
         "protocol": Key(
-            one_of("http", "tcp", later=("https", "tls_passthrough"), what="protocol"),
+            one_of("http", "https", "tcp", "tls_passthrough", what="protocol"),
             required=True,
         ),
         "bind": Key(converted(parse_bind, "host:port"), required=True),
         "upstream": reference("upstream"),
         "idle_timeout": duration(),
-    },
-    upcoming={
-        "tls": "https listeners",
-        "sni": "tls_passthrough listeners",
+        "tls": listener_tls,
+        "sni": sni_mapping,
     },
 )
 
-# Keys only a tcp listener takes.
-_TCP_ONLY = ("upstream", "idle_timeout")
+# The protocols each key beyond protocol and bind is for.
+_KEY_PROTOCOLS = {
+    "upstream": ("tcp",),
+    "idle_timeout": ("tcp", "tls_passthrough"),
+    "tls": ("https",),
+    "sni": ("tls_passthrough",),
+}
+# The key each protocol needs, and what to say when it is missing.
+_NEEDED_KEY = {
+    "tcp": ("upstream", "needs an upstream: NAME"),
+    "https": ("tls", "needs a tls section with certificates: [{cert: FILE, key: FILE}]"),
+    "tls_passthrough": ("sni", 'needs an sni mapping of server names to upstreams ("*": NAME)'),
+}
 
 TARGET = Section(
     {
@@ -356,7 +394,8 @@ UPSTREAM = Section(
         ),
         "balancer": text(expected="a balancer name"),
         "hash_key": converted(HashKey.parse, "a hash key"),
-        "scheme": one_of("http", later=("https",), what="scheme"),
+        "scheme": one_of("http", "https", what="scheme"),
+        "tls": upstream_tls,
         "health": _health,
         "outlier": Section(
             {
@@ -386,7 +425,6 @@ UPSTREAM = Section(
             {"max_idle_per_target": integer(minimum=0), "idle_timeout": duration()}
         ).into(PoolConfig),
     },
-    upcoming={"tls": "https upstreams"},
 )
 
 MATCH = Section(
@@ -494,14 +532,17 @@ def _listeners(ctx: Context, node: Node) -> dict[str, ListenerConfig]:
     listeners: dict[str, ListenerConfig] = {}
     for name, body, values in _named_entries(ctx, node, "listener", LISTENER):
         host, port = values.pop("bind")
-        if values["protocol"] == "tcp":
-            if "upstream" not in values and "upstream" not in body.entries:
-                ctx.report(body, f"tcp listener {name!r} needs an upstream: NAME")
-        else:
-            for key in _TCP_ONLY:
-                if key in body.entries:
-                    ctx.report(body.entries[key][0], f"{key!r} is only for tcp listeners")
-                    values.pop(key, None)
+        protocol = values["protocol"]
+        needed = _NEEDED_KEY.get(protocol)
+        if needed is not None and needed[0] not in body.entries:
+            ctx.report(body, f"{protocol} listener {name!r} {needed[1]}")
+        for key, protocols in _KEY_PROTOCOLS.items():
+            if key in body.entries and protocol not in protocols:
+                ctx.report(
+                    body.entries[key][0],
+                    f"{key!r} is only for {' and '.join(protocols)} listeners",
+                )
+                values.pop(key, None)
         listener = ListenerConfig(name=name, host=host, port=port, **values)
         for other in listeners.values():
             if _overlaps(listener, other):
@@ -588,6 +629,8 @@ def _upstreams(ctx: Context, node: Node) -> dict[str, UpstreamConfig]:
     upstreams: dict[str, UpstreamConfig] = {}
     balancers = _Balancers()
     for name, body, values in _named_entries(ctx, node, "upstream", UPSTREAM):
+        if "tls" in body.entries and values.get("scheme") != "https":
+            ctx.report(body.entries["tls"][0], "'tls' is only for scheme: https upstreams")
         upstream = UpstreamConfig(name=name, **values)
         balancers.check(ctx, upstream.balancer, body.node_of("balancer"))
         upstreams[name] = upstream
@@ -645,6 +688,24 @@ def _routes(
     return tuple(routes)
 
 
+def _check_admin_bind(
+    ctx: Context, gateway: Node, admin: AdminConfig, listeners: Mapping[str, ListenerConfig]
+) -> None:
+    """Report an admin API binding the port of a listener."""
+    as_listener = ListenerConfig("admin", "http", admin.host, admin.port)
+    for listener in listeners.values():
+        if _overlaps(as_listener, listener):
+            node = expect_map(gateway).node_of("admin")
+            if isinstance(node, MapNode):
+                node = node.node_of("bind")
+            ctx.report(
+                node,
+                f"gateway.admin binds the same port as listener {listener.name!r}"
+                f" ({listener.host or '*'}:{listener.port})",
+            )
+            return
+
+
 def _config(ctx: Context, root: Optional[Node], digest: str) -> Optional[Config]:
     """The model of a composed file, or C{None} if it has problems."""
     if root is None:
@@ -681,6 +742,10 @@ def _config(ctx: Context, root: Optional[Node], digest: str) -> Optional[Config]
     upstreams = section("upstreams", _upstreams, {})
     policies = section("policies", _policies, {})
     routes = section("routes", lambda c, n: _routes(c, n, listeners), ())
+    if "routes" in sections:
+        check_route_hosts(ctx, sections["routes"], routes, listeners)
+    if "admin" in gateway:
+        _check_admin_bind(ctx, sections["gateway"], gateway["admin"], listeners)
     if ctx.problems:
         return None
     return Config(
@@ -691,6 +756,7 @@ def _config(ctx: Context, root: Optional[Node], digest: str) -> Optional[Config]
         upstreams=upstreams,
         policies=policies,
         routes=routes,
+        warnings=tuple(sorted(ctx.warnings, key=lambda w: (w.line, w.col))),
     )
 
 

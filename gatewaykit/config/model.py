@@ -15,6 +15,8 @@ from typing import Any, Mapping, Optional, Union
 
 from attrs import field, frozen
 
+from gatewaykit.config.errors import ConfigProblem
+
 Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 KiB = 1024
@@ -65,6 +67,24 @@ class RedisConfig:
 
 
 @frozen
+class AdminConfig:
+    """
+    C{gateway.admin}: where the admin API listens, and the bearer token every
+    admin call needs (empty: none).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 9901
+    token: str = field(default="", repr=False, metadata={"secret": True})
+
+    @property
+    def bind(self) -> str:
+        """C{host:port}, with brackets around an IPv6 host."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@frozen
 class GatewayConfig:
     """The C{gateway} section."""
 
@@ -75,6 +95,45 @@ class GatewayConfig:
     limits: Limits = Limits()
     access_log: AccessLogConfig = AccessLogConfig()
     redis: Optional[RedisConfig] = None
+    admin: Optional[AdminConfig] = None  # absent: no admin API
+
+
+@frozen
+class CertificateConfig:
+    """
+    One entry of C{listeners.NAME.tls.certificates}, read and checked when
+    the config loads: the PEM chain (leaf first) and key, the DNS names of
+    the leaf's SANs (lower case, C{*.} wildcards kept) SNI chooses it by,
+    and the DER OCSP response to staple, if any.
+    """
+
+    cert: str  # the file paths, for messages
+    key: str
+    chain_pem: bytes = field(repr=False)
+    key_pem: bytes = field(repr=False)
+    names: tuple[str, ...] = ()
+    not_after: float = 0.0  # POSIX time the leaf expires
+    ocsp: Optional[str] = None
+    ocsp_der: Optional[bytes] = field(default=None, repr=False)
+
+
+@frozen
+class ListenerTLSConfig:
+    """
+    C{listeners.NAME.tls} of an https listener. C{ciphers} is the OpenSSL
+    cipher string for TLS 1.2 (TLS 1.3 suites are all AEAD and left at
+    OpenSSL's). C{client_ca_pem} holds the CA bundle mTLS verifies against.
+    """
+
+    certificates: tuple[CertificateConfig, ...]
+    min_version: str = "1.2"
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+    client_ca: Optional[str] = None
+    client_ca_pem: Optional[bytes] = field(default=None, repr=False)
+    client_auth: str = "none"  # none | optional | required
+    hsts: int = 0  # max-age seconds; 0: no Strict-Transport-Security
+    ciphers: Optional[str] = None  # None: the Mozilla "intermediate" list
+    session_tickets: bool = True
 
 
 @frozen
@@ -82,11 +141,15 @@ class ListenerConfig:
     """One entry of C{listeners}."""
 
     name: str
-    protocol: str  # http | tcp (https, tls_passthrough land with their issues)
+    protocol: str  # http | https | tcp | tls_passthrough
     host: str  # "" means every interface
     port: int
     upstream: Optional[str] = None  # tcp: where the bytes go
-    idle_timeout: float = 3600.0  # tcp: a tunnel with no bytes either way is closed
+    idle_timeout: float = 3600.0  # tcp, tls_passthrough: a tunnel with no bytes is closed
+    tls: Optional[ListenerTLSConfig] = None  # https
+    # tls_passthrough: (server name, upstream) pairs; names are exact,
+    # "*.example.com" or "*" (any other, and clients without SNI).
+    sni: tuple[tuple[str, str], ...] = ()
 
 
 @frozen
@@ -239,6 +302,26 @@ class StickyConfig:
 
 
 @frozen
+class UpstreamTLSConfig:
+    """
+    C{upstreams.NAME.tls}, for C{scheme: https}: verify the target's
+    certificate against C{ca} (default: the system's trust store) and its
+    name against C{server_name} (default: the target's host), which is also
+    sent as SNI; present C{client_cert} when given. Files are read when the
+    config loads.
+    """
+
+    verify: bool = True
+    ca: Optional[str] = None
+    ca_pem: Optional[bytes] = field(default=None, repr=False)
+    server_name: Optional[str] = None
+    client_cert: Optional[str] = None
+    client_cert_pem: Optional[bytes] = field(default=None, repr=False)
+    client_key: Optional[str] = None
+    client_key_pem: Optional[bytes] = field(default=None, repr=False)
+
+
+@frozen
 class UpstreamConfig:
     """One entry of C{upstreams}."""
 
@@ -247,6 +330,7 @@ class UpstreamConfig:
     balancer: str = "round_robin"
     hash_key: HashKey = HashKey()
     scheme: str = "http"
+    tls: UpstreamTLSConfig = UpstreamTLSConfig()
     health: Optional[HealthCheckConfig] = None
     outlier: Optional[OutlierConfig] = None
     retries: RetryConfig = DEFAULT_RETRIES
@@ -405,3 +489,6 @@ class Config:
     )
     policies: Mapping[str, PolicyConfig] = field(factory=dict, converter=frozen_mapping)
     routes: tuple[RouteConfig, ...] = ()
+    # What loads but deserves a look (an expired certificate...): printed
+    # by "gatewaykit check" as PATH:LINE:COL: warning: message.
+    warnings: tuple[ConfigProblem, ...] = field(default=(), eq=False)

@@ -62,6 +62,7 @@ class Context:
     source: str
     base_dir: str
     problems: list[ConfigProblem] = Factory(list)
+    warnings: list[ConfigProblem] = Factory(list)
     # Names other parts may refer to, by kind ("listener", "upstream").
     names: dict[str, Collection[str]] = Factory(dict)
 
@@ -72,6 +73,10 @@ class Context:
     def report_at(self, line: int, col: int, message: str) -> None:
         """Record a problem at a position."""
         self.problems.append(ConfigProblem(self.source, line, col, message))
+
+    def warn(self, node: Node, message: str) -> None:
+        """Record something that loads but deserves a look, at C{node}."""
+        self.warnings.append(ConfigProblem(self.source, node.line, node.col, message))
 
     def attempt(self, parse: "Parser", node: Node, default: Any = MISSING) -> Any:
         """C{parse(self, node)}, or C{default} once its problem is recorded."""
