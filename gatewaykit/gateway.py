@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from twisted.internet.defer import Deferred
-
 from twisted.logger import Logger
 
 from gatewaykit.accesslog import AccessLog
@@ -76,7 +75,9 @@ class Gateway:
         }
         self._head_builder = UpstreamHeadBuilder(self.node, config.gateway.trusted_proxies)
         entries: dict[str, list[tuple[RouteConfig, Route]]] = {
-            name: [] for name, listener in config.listeners.items() if listener.protocol == "http"
+            name: []
+            for name, listener in config.listeners.items()
+            if listener.protocol in ("http", "https")
         }
         for route_config in config.routes:
             action = self._action(route_config)

@@ -22,7 +22,7 @@ from gatewaykit.accesslog import AccessLog
 from gatewaykit.config import ConfigError, load_config
 from gatewaykit.config.model import Config, ListenerConfig
 from gatewaykit.gateway import Gateway
-from gatewaykit.listeners.http import HTTP11ServerFactory
+from gatewaykit.listeners.factories import listener_factory
 from gatewaykit.state import open_store
 
 log = Logger()
@@ -104,6 +104,7 @@ class GatewayService(Service):
         self._listening = True
         config = self.config
         self.started_at = self.reactor.seconds()
+        log_warnings(config)
         if config.gateway.access_log.path != "off":
             self.access_log = AccessLog(config.gateway.access_log, self.reactor)
         self.store = open_store(config.gateway.redis, self.reactor)
@@ -134,11 +135,7 @@ class GatewayService(Service):
 
     def _factory(self, listener: ListenerConfig, gateway: Gateway) -> Any:
         """The protocol factory serving C{listener}."""
-        if listener.protocol == "tcp":
-            from gatewaykit.tunnel.tcp import TCPProxyFactory
-
-            return TCPProxyFactory(listener, gateway, self.reactor)
-        return HTTP11ServerFactory(listener, gateway, self.reactor)
+        return listener_factory(listener, gateway, self.reactor)
 
     def _open(self, listener: ListenerConfig, gateway: Gateway) -> None:
         """Listen for C{listener}; raises C{CannotListenError} with a clear message."""
@@ -217,6 +214,7 @@ class GatewayService(Service):
             return self._failed([str(problem) for problem in exc.problems])
         old_config, old_gateway = self.config, self.gateway
         assert old_gateway is not None
+        log_warnings(config)
         store = self.store
         new_store = config.gateway.redis != old_config.gateway.redis
         if new_store:
@@ -362,6 +360,12 @@ class GatewayService(Service):
 
         check()
         return done
+
+
+def log_warnings(config: Config) -> None:
+    """Log what the config check warned about (it still loaded)."""
+    for warning in getattr(config, "warnings", ()):
+        log.warn("{warning}", warning=str(warning))
 
 
 def bound_socket(

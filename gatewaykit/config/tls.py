@@ -126,7 +126,23 @@ def _key_pair(
             f"key {key_written!r} does not match certificate {cert_written!r}"
             " (the first certificate in the file must be the one the key signs for)",
         )
+    _check_openssl(cert_node, cert_written, chain[0], key)
     return cert_written, chain_pem, chain, key_written, key_pem
+
+
+def _check_openssl(node: Node, written: str, leaf: x509.Certificate, key: Any) -> None:
+    """Refuse what OpenSSL would refuse when the listener starts (a too small key...)."""
+    from OpenSSL import SSL
+
+    try:
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_certificate(leaf)
+        context.use_privatekey(key)
+    except SSL.Error as e:
+        reasons = [entry[2] for entry in e.args[0] if len(entry) == 3] if e.args else []
+        raise Invalid(
+            node, f"OpenSSL refuses {written!r}: {'; '.join(reasons) or e}"
+        ) from None
 
 
 def _check_validity(ctx: Context, node: Node, written: str, leaf: x509.Certificate) -> None:

@@ -17,10 +17,16 @@ _TRACEPARENT = re.compile(rb"^[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]
 _ZERO_TRACE = b"0" * 32
 _ZERO_PARENT = b"0" * 16
 
+# The fields naming the client certificate an https listener verified
+# (mTLS): subject, issuer (RFC 4514) and SHA-256 fingerprint (hex).
+CLIENT_CERT_FIELDS = (b"X-Client-Cert-Subject", b"X-Client-Cert-Issuer", b"X-Client-Cert-SHA256")
+
 # Fields the gateway sets itself on the way upstream, so a client's copy is
-# dropped first (the X-Forwarded-* ones are kept from trusted proxies).
+# dropped first (the X-Forwarded-* ones are kept from trusted proxies; the
+# client certificate ones never are).
 _REPLACED_UPSTREAM = frozenset(
     {
+        *(name.lower() for name in CLIENT_CERT_FIELDS),
         b"content-length",
         b"expect",
         b"x-request-id",
@@ -157,6 +163,9 @@ class UpstreamHeadBuilder:
                 append(b"X-Forwarded-Host: " + original + b"\r\n")
         if b"x-forwarded-port" not in kept_forwarded:
             append(b"X-Forwarded-Port: %d\r\n" % request.server_port)
+        tls = request.tls
+        if tls is not None and tls.client_cert is not None:
+            append(tls.client_cert.upstream_fields)
         append(b"X-Request-ID: " + request.request_id.encode("ascii") + b"\r\n")
         if traceparent is None or not is_valid_traceparent(traceparent):
             traceparent = new_traceparent()

@@ -8,7 +8,7 @@ produce L{Request} objects; routes, policies and actions only see these.
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Iterable, Iterator, Optional, Union
 from urllib.parse import parse_qs, unquote_plus
 
 from gatewaykit.http.wire import HOP_BY_HOP
@@ -134,6 +134,7 @@ class Request:
         "expect_continue",
         "received_at",
         "hop_by_hop",
+        "tls",
         "route",
         "_query_params",
         "_cookies",
@@ -162,6 +163,7 @@ class Request:
         expect_continue: bool = False,
         received_at: float = 0.0,
         hop_by_hop: frozenset[bytes] = HOP_BY_HOP,
+        tls: Any = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -184,6 +186,9 @@ class Request:
         self.expect_continue = expect_continue
         self.received_at = received_at
         self.hop_by_hop = hop_by_hop
+        # The connection's gatewaykit.listeners.tls.TLSInfo on an https
+        # listener (version, SNI, ALPN, verified client certificate), else None.
+        self.tls = tls
         self.route = None
         self._query_params: Optional[dict[str, list[str]]] = None
         self._cookies: Optional[dict[str, str]] = None

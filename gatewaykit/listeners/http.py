@@ -213,6 +213,7 @@ class HTTP11Stream(ResponseMethods):
         elif request.version == "1.0":
             lines.append(b"Connection: keep-alive\r\n")
         lines.append(serialize_fields(fields))
+        lines.append(protocol.factory.added_fields)
         lines.append(b"\r\n")
         self._transport.write(b"".join(lines))
 
@@ -297,6 +298,9 @@ class HTTP11ServerProtocol(Protocol):
 
     # A TCP transport: ITCPTransport, IPushProducer and IConsumer at once.
     transport: Any
+    # On an https listener, the connection's TLSInfo (set before
+    # connectionMade); every request carries it as request.tls.
+    tls: Any = None
 
     def __init__(self, factory: HTTP11ServerFactory) -> None:
         self.factory = factory
@@ -570,6 +574,7 @@ class HTTP11ServerProtocol(Protocol):
             expect_continue=expect,
             received_at=self.factory.reactor.seconds(),
             hop_by_hop=HOP_BY_HOP if connection is None else hop_by_hop_fields(connection),
+            tls=self.tls,
         )
 
     def _fallback_request(self) -> Request:
@@ -741,6 +746,9 @@ class HTTP11ServerFactory(Factory):
         self.gateway = gateway
         self.reactor = reactor
         self.scheme = scheme
+        # Serialised fields added to every response head (an https
+        # listener's Strict-Transport-Security).
+        self.added_fields = b""
         self.date = HTTPDate(reactor.seconds)
         self.connections: set[HTTP11ServerProtocol] = set()
         self._on_stream_finished = on_stream_finished

@@ -133,7 +133,13 @@ class PolicyChain:
         self.action = action
 
     def handle(self, request: Request, stream: Any) -> None:
-        self._run(PolicyCall(request, stream), 0)
+        call = PolicyCall(request, stream)
+        tls = request.tls
+        if tls is not None and tls.client_cert is not None:
+            # A verified client certificate is who the request is from,
+            # until an authentication policy says otherwise.
+            call.identity = tls.client_cert.identity()
+        self._run(call, 0)
 
     def _run(self, call: PolicyCall, index: int) -> None:
         policies = self.policies

@@ -95,7 +95,7 @@ class TCPTunnel(Protocol):
         transport.pauseProducing()
         self.factory.connections.add(self)
         try:
-            self._start()
+            self._start(self.factory.listener.upstream)
         except Exception:
             log.failure(
                 "tcp listener {listener}: tunnel from {client} failed to start",
@@ -104,15 +104,16 @@ class TCPTunnel(Protocol):
             )
             transport.abortConnection()
 
-    def _start(self) -> None:
+    def _start(self, upstream_name: Optional[str]) -> None:
+        """Count the tunnel against upstream C{upstream_name} and connect to a target."""
         factory = self.factory
         listener = factory.listener
-        upstream = factory.gateway.upstreams.get(listener.upstream or "")
+        upstream = factory.gateway.upstreams.get(upstream_name or "")
         if upstream is None:
             log.error(
                 "tcp listener {listener}: no upstream {upstream}",
                 listener=listener.name,
-                upstream=listener.upstream,
+                upstream=upstream_name,
             )
             self.transport.loseConnection()
             return

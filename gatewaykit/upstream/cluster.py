@@ -92,7 +92,13 @@ class Upstream:
         self.balancer: IBalancer = balancer_factory.build(config, self.targets)
         self.pool = ConnectionPool(reactor, config)
         self.health = (
-            HealthChecker(config.health, self.targets, reactor, self._health_changed)
+            HealthChecker(
+                config.health,
+                self.targets,
+                reactor,
+                self._health_changed,
+                wrap=self.pool.tls.wrap if self.pool.tls is not None else None,
+            )
             if config.health is not None
             else None
         )

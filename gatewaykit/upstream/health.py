@@ -18,6 +18,9 @@ from gatewaykit.upstream.target import Target
 
 USER_AGENT = b"gatewaykit-health-check"
 
+# Wraps a probe's connection factory for a target (e.g. in TLS).
+Wrap = Callable[[ClientFactory, Target], Any]
+
 
 class _ProbeProtocol(Protocol):
     """The connection of one probe: connected is enough, or one HTTP status."""
@@ -61,6 +64,7 @@ class _Probe(ClientFactory):
         reactor: Any,
         target: Target,
         config: HealthCheckConfig,
+        wrap: Optional[Wrap] = None,
     ) -> None:
         self.result: Deferred[bool] = Deferred()
         self.expects = config.expects
@@ -75,7 +79,10 @@ class _Probe(ClientFactory):
         self._finished = False
         self._timeout = reactor.callLater(config.timeout, self.finish, False)
         self._connector = reactor.connectTCP(
-            target.host, target.port, self, timeout=config.timeout
+            target.host,
+            target.port,
+            self if wrap is None else wrap(self, target),
+            timeout=config.timeout,
         )
 
     def buildProtocol(self, addr: Any) -> _ProbeProtocol:
@@ -124,6 +131,8 @@ class HealthChecker:
     so an upstream serves at once (the first check runs immediately).
 
     @param on_change: called with C{(target, healthy)} when a target flips.
+    @param wrap: wraps a probe's factory for its target (TLS, for an
+        https upstream).
     """
 
     def __init__(
@@ -132,8 +141,10 @@ class HealthChecker:
         targets: Sequence[Target],
         reactor: Any,
         on_change: Callable[[Target, bool], None],
+        wrap: Optional[Wrap] = None,
     ) -> None:
         self.config = config
+        self._wrap = wrap
         self._targets = list(targets)
         self._reactor = reactor
         self._on_change = on_change
@@ -160,7 +171,7 @@ class HealthChecker:
     def _check(self, target: Target) -> None:
         state = self._state[target]
         state.next_check = None
-        probe = _Probe(self._reactor, target, self.config)
+        probe = _Probe(self._reactor, target, self.config, self._wrap)
         state.probe = probe
         probe.result.addCallback(self._checked, target, probe)
 

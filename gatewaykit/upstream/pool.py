@@ -15,6 +15,7 @@ from gatewaykit.config.model import UpstreamConfig
 from gatewaykit.interfaces import ITarget
 from gatewaykit.timer import Timer
 from gatewaykit.upstream.connection import UpstreamConnection
+from gatewaykit.upstream.tls import UpstreamTLS
 
 
 class ConnectAttempt(ClientFactory):
@@ -42,6 +43,9 @@ class ConnectAttempt(ClientFactory):
                 pass
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:
+        tls = self.pool.tls
+        if tls is not None:
+            return tls.connection(self.pool, self.target, self._connected, self._failed)
         return UpstreamConnection(self.pool, self.target, self._connected)
 
     def _connected(self, connection: UpstreamConnection) -> None:
@@ -54,6 +58,10 @@ class ConnectAttempt(ClientFactory):
             waiter.connected(connection, False)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self._failed(reason)
+
+    def _failed(self, reason: Failure) -> None:
+        """No connection: refused, timed out, or (https) its TLS handshake failed."""
         self.connector = None
         waiter, self.waiter = self.waiter, None
         if waiter is not None:
@@ -77,6 +85,10 @@ class ConnectionPool:
         self._idle: dict[ITarget, list[UpstreamConnection]] = {}
         self._sweeper = Timer(reactor, self._sweep)
         self.connections_opened = 0
+        # scheme https: connections are made over TLS (and pooled the same).
+        self.tls: Optional[UpstreamTLS] = (
+            UpstreamTLS(config, reactor) if config.scheme == "https" else None
+        )
 
     def acquire(
         self, target: ITarget, waiter: Any, fresh: bool = False
@@ -98,8 +110,9 @@ class ConnectionPool:
                         return None
                     connection.close()
         attempt = ConnectAttempt(self, target, waiter)
+        factory = attempt if self.tls is None else self.tls.wrap(attempt, target)
         attempt.connector = self._reactor.connectTCP(
-            target.host, target.port, attempt, timeout=self._connect_timeout
+            target.host, target.port, factory, timeout=self._connect_timeout
         )
         return attempt
 
