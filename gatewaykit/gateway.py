@@ -110,6 +110,7 @@ class Gateway:
                 self.via,
                 route.timeout,
                 self.metrics,
+                route.websocket,
             )
         if route.respond is not None:
             return Respond(route.respond)

@@ -49,6 +49,7 @@ from gatewaykit.config.model import (
     TargetConfig,
     UpstreamConfig,
     UpstreamTimeouts,
+    WebSocketConfig,
 )
 from gatewaykit.config.schema import (
     MISSING,
@@ -258,7 +259,18 @@ def _retry_condition(ctx: Context, node: Node) -> Union[str, int]:
     raise wrong(node, expected)
 
 
+def _websocket(ctx: Context, node: Node) -> Optional[WebSocketConfig]:
+    """C{true}, C{false}, or C{{max_tunnels, idle_timeout}}."""
+    if isinstance(node, ScalarNode) and isinstance(node.value, bool):
+        return WebSocketConfig() if node.value else None
+    return WEBSOCKET(ctx, node)
+
+
 # -- the tables ----------------------------------------------------------------
+
+WEBSOCKET = Section(
+    {"max_tunnels": integer(minimum=0), "idle_timeout": duration()}
+).into(WebSocketConfig)
 
 HEALTH = Section(
     {
@@ -484,12 +496,12 @@ ROUTE = Section(
         ).into(RespondAction),
         "timeout": duration(),
         "policies": list_of(reference("policy"), unique=str, what="policy"),
+        "websocket": _websocket,
     },
     upcoming={
         "split": "traffic splitting",
         "split_by": "traffic splitting",
         "mirror": "traffic mirroring",
-        "websocket": "WebSocket proxying",
     },
 )
 

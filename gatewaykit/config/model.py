@@ -435,6 +435,50 @@ class RespondAction:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@frozen
+class SplitSide:
+    """One entry of C{routes[].split}: an upstream and its weight (0 sends it nothing)."""
+
+    upstream: str
+    weight: int
+
+
+SPLIT_KEY_KINDS = ("ip", "header", "cookie")
+"""What C{routes[].split_by} may name besides C{random}."""
+
+
+def parse_split_by(text: str) -> Optional[HashKey]:
+    """
+    C{random} (C{None}), or C{ip}, C{header:NAME} or C{cookie:NAME}: the key
+    whose hash keeps one client on one side of a split.
+    """
+    if text == "random":
+        return None
+    try:
+        key = HashKey.parse(text)
+    except ValueError:
+        key = None
+    if key is None or key.kind not in SPLIT_KEY_KINDS:
+        raise ValueError(
+            f"unknown split key {text!r}; expected random, ip, header:NAME or cookie:NAME"
+        )
+    return key
+
+
+@frozen
+class MirrorConfig:
+    """
+    C{routes[].mirror}: copies of C{percent} of the route's requests go to
+    C{upstream}, their answers discarded; at most C{max_in_flight} copies
+    at once, and none of a body over C{max_body_bytes}.
+    """
+
+    upstream: str
+    percent: float = 100.0
+    max_in_flight: int = 100
+    max_body_bytes: int = 256 * KiB
+
+
 Action = Union[str, StaticAction, RedirectAction, RespondAction]
 
 
@@ -451,10 +495,23 @@ class PolicyConfig:
 
 
 @frozen
+class WebSocketConfig:
+    """
+    C{routes[].websocket}: C{Upgrade: websocket} requests are proxied and
+    become tunnels; at most C{max_tunnels} at once on the route (0: no cap),
+    each closed after C{idle_timeout} without a byte either way.
+    """
+
+    max_tunnels: int = 0
+    idle_timeout: float = 3600.0
+
+
+@frozen
 class RouteConfig:
     """
-    One entry of C{routes}. Exactly one of C{upstream}, C{static},
-    C{redirect}, C{respond} is set.
+    One entry of C{routes}. Exactly one of C{upstream}, C{split}, C{static},
+    C{redirect}, C{respond} is set. C{split_by} (C{None}: random) goes with
+    C{split}; C{mirror} may go with any action.
     """
 
     name: str
@@ -465,8 +522,12 @@ class RouteConfig:
     static: Optional[StaticAction] = None
     redirect: Optional[RedirectAction] = None
     respond: Optional[RespondAction] = None
+    split: tuple[SplitSide, ...] = ()
+    split_by: Optional[HashKey] = None
+    mirror: Optional[MirrorConfig] = None
     timeout: Optional[float] = None  # overrides the upstream's response timeout
     policies: tuple[str, ...] = ()  # names under the top-level policies, in order
+    websocket: Optional[WebSocketConfig] = None  # None: upgrades are not tunnelled
 
 
 def frozen_mapping(items: Mapping) -> Mapping:

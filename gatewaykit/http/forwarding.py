@@ -117,10 +117,14 @@ class UpstreamHeadBuilder:
         self._via = b"1.1 " + node.encode("ascii", "replace")
         self._trusted = tuple(trusted)
 
-    def build(self, request: Request, uri: bytes, host: Optional[bytes]) -> bytes:
+    def build(
+        self, request: Request, uri: bytes, host: Optional[bytes], upgrade: bool = False
+    ) -> bytes:
         """
         The head for C{request}, with request-target C{uri} and C{Host} C{host}
         (C{None}: keep the client's). Framing fields are added for the body.
+        With C{upgrade}, the client's C{Upgrade} is passed on (with
+        C{Connection: Upgrade}) so the upstream may switch protocols.
         """
         raw = request.headers.raw
         drop = request.hop_by_hop
@@ -172,6 +176,10 @@ class UpstreamHeadBuilder:
         append(b"traceparent: " + traceparent + b"\r\n")
         via.append(self._via)
         append(b"Via: " + b", ".join(via) + b"\r\n")
+        if upgrade:
+            offered = request.headers.get(b"upgrade")
+            if offered is not None:
+                append(b"Connection: Upgrade\r\nUpgrade: " + offered + b"\r\n")
         if request.chunked:
             append(b"Transfer-Encoding: chunked\r\n")
         elif request.content_length is not None:

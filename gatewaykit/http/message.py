@@ -135,6 +135,7 @@ class Request:
         "received_at",
         "hop_by_hop",
         "tls",
+        "upgrade",
         "route",
         "_query_params",
         "_cookies",
@@ -164,6 +165,7 @@ class Request:
         received_at: float = 0.0,
         hop_by_hop: frozenset[bytes] = HOP_BY_HOP,
         tls: Any = None,
+        upgrade: Optional[str] = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -189,6 +191,7 @@ class Request:
         # The connection's gatewaykit.listeners.tls.TLSInfo on an https
         # listener (version, SNI, ALPN, verified client certificate), else None.
         self.tls = tls
+        self.upgrade = upgrade  # e.g. "websocket": the protocol the client asks to switch to
         self.route = None
         self._query_params: Optional[dict[str, list[str]]] = None
         self._cookies: Optional[dict[str, str]] = None

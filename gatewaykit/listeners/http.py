@@ -15,7 +15,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import httptools
-from twisted.internet.interfaces import IConsumer
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -30,6 +30,7 @@ from gatewaykit.http.wire import (
     HOP_BY_HOP,
     LAST_CHUNK,
     chunk,
+    connection_tokens,
     hop_by_hop_fields,
     reason_for,
     serialize_fields,
@@ -196,6 +197,14 @@ class HTTP11Stream(ResponseMethods):
         request = self.request
         protocol = self._protocol
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_for(status))]
+        if status == 101:
+            # Switching protocols: no body and no framing; the caller gives
+            # Connection and Upgrade, and the connection leaves HTTP.
+            self._no_body = True
+            lines.append(serialize_fields(fields))
+            lines.append(b"\r\n")
+            self._transport.write(b"".join(lines))
+            return
         if request.method == "HEAD" or status in (204, 304) or status < 200:
             self._no_body = True
             if content_length is not None and status != 204:
@@ -252,6 +261,21 @@ class HTTP11Stream(ResponseMethods):
             self.unregisterProducer()
             self._protocol._stream_finished(self, complete=False)
 
+    def hand_over(self, tunnel: Any) -> None:
+        """After a 101 went out, this connection carries C{tunnel}'s bytes."""
+        self.unregisterProducer()
+        self._protocol.hand_over(self, tunnel)
+
+    @property
+    def client_transport(self) -> Any:
+        """The client connection's transport (for a tunnel to join)."""
+        return self._transport
+
+    @property
+    def factory(self) -> HTTP11ServerFactory:
+        """The listener's factory (its counters)."""
+        return self._protocol.factory
+
     def date(self) -> bytes:
         """The current C{Date} value (formatted once a second)."""
         return self._protocol.factory.date()
@@ -287,6 +311,7 @@ class HTTP11Stream(ResponseMethods):
             self._protocol.factory.stream_finished(self)
 
 
+@implementer(IHalfCloseableProtocol)
 class HTTP11ServerProtocol(Protocol):
     """
     One client connection speaking HTTP/1.1.
@@ -320,6 +345,9 @@ class HTTP11ServerProtocol(Protocol):
         self._in_head = False
         self._limits = factory.gateway.limits
         self._refusal: Optional[GatewayError] = None
+        self._tunnel: Any = None  # once switched to another protocol
+        self._after_upgrade = b""  # bytes that followed an upgrade request
+        self._read_closed = False
         self._client_host = ""
         self._client_port = 0
         self._server_port = 0
@@ -339,6 +367,10 @@ class HTTP11ServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._timer.cancel()
         self._accepting = False
+        if self._tunnel is not None:
+            self._tunnel.client_lost()
+            self.factory.connection_lost(self)
+            return
         del self._parser  # it holds our bound methods
         streams = list(self._streams)
         if self._current is not None and self._current not in streams:
@@ -350,15 +382,22 @@ class HTTP11ServerProtocol(Protocol):
         self.factory.connection_lost(self)
 
     def dataReceived(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.client_data(data)
+            return
         if not self._accepting:
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # An Upgrade or CONNECT request was parsed to its end; without
-            # tunnels here it is answered as a plain request, and nothing
-            # after it on this connection is read.
+        except httptools.HttpParserUpgrade as exc:
+            # An Upgrade (or CONNECT) request was parsed to its end. What
+            # follows belongs to the new protocol if the route switches to
+            # it (a WebSocket tunnel); otherwise the request is answered as a
+            # plain one and nothing more is read from this connection.
             self._accepting = False
+            self._after_upgrade = data[exc.args[0] :]
+            self._pause("upgrade")
         except httptools.HttpParserError as exc:
             if self._refusal is None and not self._accepting:
                 return  # bytes after a request that ended the connection
@@ -372,6 +411,41 @@ class HTTP11ServerProtocol(Protocol):
                 self._parse_failed(
                     GatewayError(431, "headers_too_large", "request head too large", close=True)
                 )
+
+    def readConnectionLost(self) -> None:
+        """The client will send nothing more (it shut its side down)."""
+        self._read_closed = True
+        if self._tunnel is not None:
+            self._tunnel.client_eof()
+            return
+        self._accepting = False
+        if self._closing:
+            self.transport.loseConnection()
+        elif not self._streams and self._current is None:
+            self._close()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def hand_over(self, stream: HTTP11Stream, tunnel: Any) -> None:
+        """
+        After C{stream}'s switching answer (101) went out, this connection
+        carries C{tunnel}'s bytes: C{tunnel.client_data}, C{client_eof},
+        C{client_lost} are called from now on.
+        """
+        self._tunnel = tunnel
+        self._timer.cancel()
+        if self._streams and self._streams[0] is stream:
+            self._streams.popleft()
+        stream.finished = True
+        self.factory.stream_finished(stream)
+        early, self._after_upgrade = self._after_upgrade, b""
+        self._paused.clear()
+        self.transport.resumeProducing()
+        if early:
+            tunnel.client_data(early)
+        if self._read_closed:
+            tunnel.client_eof()
 
     def drain(self) -> None:
         """Finish the request in progress, then close; close now if idle."""
@@ -510,6 +584,11 @@ class HTTP11ServerProtocol(Protocol):
                 forwarded_for.append(value)
         if hosts > 1:
             raise bad_request("more than one Host field")
+        upgrade: Optional[str] = None
+        if connection is not None and b"upgrade" in connection_tokens(connection):
+            offered = Headers(fields).get(b"upgrade")
+            if offered is not None:
+                upgrade = offered.split(b",")[0].strip().lower().decode("latin-1")
         if target[:1] == b"/":
             path, _, query = target.partition(b"?")
         elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
@@ -574,6 +653,7 @@ class HTTP11ServerProtocol(Protocol):
             expect_continue=expect,
             received_at=self.factory.reactor.seconds(),
             hop_by_hop=HOP_BY_HOP if connection is None else hop_by_hop_fields(connection),
+            upgrade=upgrade,
             tls=self.tls,
         )
 
@@ -678,6 +758,9 @@ class HTTP11ServerProtocol(Protocol):
         self._closing = True
         self._accepting = False
         transport = self.transport
+        if self._read_closed:
+            transport.loseConnection()  # nothing more can come to discard
+            return
         transport.loseWriteConnection()
         # Keep reading (and discarding) so unread request bytes don't make
         # the kernel reset the connection before the client reads our answer.
@@ -751,6 +834,9 @@ class HTTP11ServerFactory(Factory):
         self.added_fields = b""
         self.date = HTTPDate(reactor.seconds)
         self.connections: set[HTTP11ServerProtocol] = set()
+        # Bytes through this listener's tunnels (WebSockets), each way.
+        self.tunnel_bytes_in = 0
+        self.tunnel_bytes_out = 0
         self._on_stream_finished = on_stream_finished
 
     noisy = False
@@ -760,6 +846,11 @@ class HTTP11ServerFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> HTTP11ServerProtocol:
         return HTTP11ServerProtocol(self)
+
+    def count_tunnel_bytes(self, inbound: int, outbound: int) -> None:
+        """Count bytes a tunnel moved (from the client, to the client)."""
+        self.tunnel_bytes_in += inbound
+        self.tunnel_bytes_out += outbound
 
     def connection_made(self, protocol: HTTP11ServerProtocol) -> None:
         self.connections.add(protocol)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import httptools
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -33,7 +33,7 @@ class _HeadResponseEnd(Exception):
     """Stops the parser after the head of a response to HEAD (it has no body)."""
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class UpstreamConnection(Protocol):
     """
     One keep-alive connection to a target, serving one exchange at a time.
@@ -44,6 +44,10 @@ class UpstreamConnection(Protocol):
     C{upstream_failed(reason)}, and C{touch()} when the client resumes
     reading. As an C{IPushProducer} the connection stops reading from the
     upstream while the client is slow.
+
+    A C{101 Switching Protocols} answer ends its HTTP life: the exchange
+    gets C{switched(connection, bytes_after_head)} and hands the connection
+    to a tunnel (L{hand_over}); it is never pooled again.
     """
 
     # A TCP transport: ITCPTransport, IPushProducer and IConsumer at once.
@@ -71,6 +75,8 @@ class UpstreamConnection(Protocol):
         self._until_close = False
         self._head_response_end = False
         self._paused = False
+        self._switching = False
+        self.tunnel: Any = None  # after a 101: gets upstream_data/eof/lost
 
     # -- connection -----------------------------------------------------
 
@@ -85,6 +91,9 @@ class UpstreamConnection(Protocol):
         self.open = False
         self.reusable = False
         del self._parser  # it holds our bound methods
+        if self.tunnel is not None:
+            self.tunnel.upstream_lost()
+            return
         self.pool.connection_lost(self)
         exchange = self.exchange
         if exchange is None:
@@ -108,7 +117,32 @@ class UpstreamConnection(Protocol):
         if self.open:
             self.transport.abortConnection()
 
+    def readConnectionLost(self) -> None:
+        """The upstream will send nothing more (it shut its side down)."""
+        if self.tunnel is not None:
+            self.tunnel.upstream_eof()
+        else:
+            # An HTTP response can end by the connection closing; done then.
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def hand_over(self, tunnel: Any, early: bytes) -> None:
+        """Carry C{tunnel}'s bytes from now on, starting with C{early}."""
+        self.tunnel = tunnel
+        self.exchange = None
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        if early:
+            tunnel.upstream_data(early)
+
     def dataReceived(self, data: bytes) -> None:
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.upstream_data(data)
+            return
         if self.exchange is None:
             # Bytes nobody asked for: the connection is not safe to reuse.
             self.reusable = False
@@ -116,8 +150,12 @@ class UpstreamConnection(Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._invalid("unexpected protocol switch from upstream")
+        except httptools.HttpParserUpgrade as exc:
+            exchange = self.exchange
+            if self._switching and exchange is not None:
+                exchange.switched(self, data[exc.args[0] :])
+            else:
+                self._invalid("unexpected protocol switch from upstream")
         except httptools.HttpParserError as exc:
             if self._head_response_end:
                 self._head_response_end = False
@@ -167,7 +205,11 @@ class UpstreamConnection(Protocol):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if status < 200:
+        if status == 101:
+            # The exchange decides whether it asked for this switch.
+            self._switching = True
+            self.reusable = False
+        elif status < 200:
             # Interim responses (100 Continue, 103 Early Hints) are dropped:
             # the gateway answered the client's 100-continue itself.
             self._interim = True
@@ -215,6 +257,8 @@ class UpstreamConnection(Protocol):
         if self._interim:
             self._interim = False
             return
+        if self._switching:
+            return  # the bytes that follow are another protocol's
         if not self._parser.should_keep_alive():
             self.reusable = False
         self._message_done()

@@ -11,12 +11,14 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatewaykit.config.model import WebSocketConfig
 from gatewaykit.http.errors import GatewayError
 from gatewaykit.http.forwarding import UpstreamHeadBuilder, downstream_fields
-from gatewaykit.http.message import Request
+from gatewaykit.http.message import Headers, Request
 from gatewaykit.http.wire import LAST_CHUNK, chunk
 from gatewaykit.interfaces import IRouteAction
 from gatewaykit.timer import Timer
+from gatewaykit.tunnel.splice import Splice
 from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.connection import InvalidResponse, UpstreamConnection
 from gatewaykit.upstream.sticky import StickySession
@@ -38,9 +40,12 @@ class ProxyAction:
         via: bytes,
         response_timeout: Optional[float] = None,
         metrics: Any = None,
+        websocket: Optional[WebSocketConfig] = None,
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
+        self.websocket = websocket
+        self.tunnels = 0  # WebSocket tunnels open through this route
         self.head_builder = head_builder
         self.clock = clock
         self.via = via
@@ -68,6 +73,8 @@ class ProxyExchange:
     def __init__(self, action: ProxyAction, stream: Any) -> None:
         self._action = action
         self._upstream = action.upstream
+        # Whether this request asks to become a WebSocket tunnel and may.
+        self._upgrade = action.websocket is not None and stream.request.upgrade == "websocket"
         self._retries = action.upstream.config.retries
         self._stream = stream
         self._request: Request = stream.request
@@ -100,6 +107,18 @@ class ProxyExchange:
                 GatewayError(503, "circuit_open", f"upstream {upstream.name}: {overload}")
             )
             return
+        websocket = self._action.websocket
+        if self._upgrade and websocket is not None and websocket.max_tunnels:
+            if self._action.tunnels >= websocket.max_tunnels:
+                self._done = True
+                stream.send_error(
+                    GatewayError(
+                        503,
+                        "circuit_open",
+                        f"this route already has {websocket.max_tunnels} WebSocket tunnels",
+                    )
+                )
+                return
         upstream.in_flight += 1
         upstream.retry_budget.request()
         if upstream.config.sticky is not None:
@@ -202,7 +221,7 @@ class ProxyExchange:
         request = self._request
         uri = request.uri.encode("latin-1")
         transport = connection.transport
-        transport.write(self._action.head_builder.build(request, uri, None))
+        transport.write(self._action.head_builder.build(request, uri, None, self._upgrade))
         self._sent_at = self._action.clock.seconds()
         if request.has_body:
             self._body_attached = True
@@ -284,6 +303,9 @@ class ProxyExchange:
         hop_by_hop: frozenset[bytes],
     ) -> None:
         target = self.target
+        if status == 101:
+            self._switching(reason, fields)
+            return
         if status in (502, 503, 504):
             error = GatewayError(status, "bad_gateway", f"{target.address} answered {status}")
             if self._may_retry(str(status)):
@@ -307,6 +329,52 @@ class ProxyExchange:
             self._sticky.served_by(target, out)
         stream.write_head(status, out, content_length, reason or None)
         stream.registerProducer(self._connection, True)
+
+    def _switching(self, reason: bytes, fields: list[tuple[bytes, bytes]]) -> None:
+        """A 101 from the upstream: relay it if the client asked to switch."""
+        if not self._upgrade:
+            self._upstream.record(self.target, "reset")
+            self._fail(
+                GatewayError(
+                    502, "bad_gateway", f"{self.target.address} switched protocols unasked"
+                )
+            )
+            return
+        self._upstream.record(self.target, None)
+        self._response_started = True
+        self._response_timer.clear()
+        upgrade = Headers(fields).get(b"upgrade") or self._request.headers.get(b"upgrade") or b""
+        out = downstream_fields(fields, self._request.request_id, self._action.via)
+        out.append((b"Connection", b"Upgrade"))
+        out.append((b"Upgrade", upgrade))
+        self._stream.write_head(101, out, None, reason or None)
+
+    def switched(self, connection: UpstreamConnection, early: bytes) -> None:
+        """
+        The upstream switched protocols: from now on the client's and the
+        upstream's connections are one byte tunnel, outside HTTP (and
+        outside this config version: a reload leaves it alone).
+        """
+        self._connection = None
+        stream, action, target = self._stream, self._action, self.target
+        if self._done or stream.lost:
+            connection.abort()
+            return
+        websocket = action.websocket
+        assert websocket is not None
+        factory = stream.factory
+        action.tunnels += 1
+
+        def ended() -> None:
+            action.tunnels -= 1
+            target.in_flight -= 1
+
+        tunnel = Splice(action.clock, websocket.idle_timeout, ended, factory.count_tunnel_bytes)
+        tunnel.attach(stream.client_transport, connection.transport)
+        self.target = None  # the tunnel holds the target's in-flight count now
+        self._end()
+        stream.hand_over(tunnel)
+        connection.hand_over(tunnel, early)
 
     def response_body(self, data: bytes) -> None:
         self._idle.set(self._action.idle_timeout)
