@@ -138,7 +138,13 @@ class GatewayService(Service):
         return listener_factory(listener, gateway, self.reactor)
 
     def _open(self, listener: ListenerConfig, gateway: Gateway) -> None:
-        """Listen for C{listener}; raises C{CannotListenError} with a clear message."""
+        """Listen for C{listener} now; raises C{CannotListenError} with a clear message."""
+        _, port, factory = self._listen_for(listener, gateway)
+        self.factories[listener.name] = factory
+        self.ports[listener.name] = port
+
+    def _listen_for(self, listener: ListenerConfig, gateway: Gateway) -> tuple[str, Any, Any]:
+        """Bind C{listener} with a new factory; C{(name, port, factory)}."""
         factory = self._factory(listener, gateway)
         try:
             port = self._bind(listener, factory)
@@ -149,8 +155,6 @@ class GatewayService(Service):
                 f"listener {listener.name} cannot bind"
                 f" {listener.host or '*'}:{listener.port}: {exc.socketError}",
             ) from None
-        self.factories[listener.name] = factory
-        self.ports[listener.name] = port
         address = cast(IPv4Address, port.getHost())
         log.info(
             "gatewaykit listener {name} ({protocol}) on {host}:{port}",
@@ -159,6 +163,7 @@ class GatewayService(Service):
             host=address.host,
             port=address.port,
         )
+        return listener.name, port, factory
 
     def _bind(self, listener: ListenerConfig, factory: Any) -> IListeningPort:
         opened = (self._sockets or {}).get(listener.name)
@@ -243,7 +248,7 @@ class GatewayService(Service):
                     continue
                 if old is not None and old.port == listener.port != 0:
                     self._close(name)  # same port, other protocol or host: rebind
-                self._open_staged(listener, gateway, opened)
+                opened.append(self._listen_for(listener, gateway))
         except CannotListenError as exc:
             for _, port, _ in opened:
                 port.stopListening()
@@ -280,21 +285,6 @@ class GatewayService(Service):
         for hook in self.on_reloaded:
             hook(config)
         return ReloadResult(True, config.digest)
-
-    def _open_staged(
-        self, listener: ListenerConfig, gateway: Gateway, opened: list[tuple[str, Any, Any]]
-    ) -> None:
-        factory = self._factory(listener, gateway)
-        port = self._bind(listener, factory)
-        opened.append((listener.name, port, factory))
-        address = cast(IPv4Address, port.getHost())
-        log.info(
-            "gatewaykit listener {name} ({protocol}) on {host}:{port}",
-            name=listener.name,
-            protocol=listener.protocol,
-            host=address.host,
-            port=address.port,
-        )
 
     def _failed(self, problems: list[str]) -> ReloadResult:
         self.reloads["failed"] += 1
