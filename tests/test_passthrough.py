@@ -212,7 +212,7 @@ class PassthroughTunnelTests(SynchronousTestCase):
         protocol.dataReceived(b" and more")
         self.assertEqual(target.value(), hello + b"more and more")
         self.assertEqual(client.producerState, "producing")
-        protocol.target_data(b"server hello")
+        protocol.target_side.dataReceived(b"server hello")
         self.assertEqual(client.value(), b"server hello")
         self.assertEqual(passthrough.factory.bytes_in, len(hello) + 13)
 

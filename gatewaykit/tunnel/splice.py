@@ -50,11 +50,13 @@ class Splice:
         idle_timeout: float,
         on_end: Callable[[], None],
         count: Optional[Callable[[int, int], None]] = None,
+        on_idle: Optional[Callable[[], None]] = None,
     ) -> None:
         self._idle_timeout = idle_timeout
         self._idle = Timer(clock, self._idle_expired)
         self._on_end = on_end
         self._count = count
+        self._on_idle = on_idle
         self._closing = False
         self.a: Optional[Side] = None
         self.b: Optional[Side] = None
@@ -149,6 +151,8 @@ class Splice:
                     side.transport.abortConnection()
             return
         self._closing = True
+        if self._on_idle is not None:
+            self._on_idle()
         self._close_both()
         self._idle.set(CLOSE_GRACE_SECONDS)
 

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from gatewaykit.config.model import ListenerConfig
 from gatewaykit.http.message import Request
-from gatewaykit.timer import Timer
+from gatewaykit.tunnel.splice import CLOSE_GRACE_SECONDS, Splice  # noqa: F401 (re-exported)
 from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.target import Target
 
@@ -36,10 +36,6 @@ log = Logger()
 # Twisted's 64 KiB costs a trip round the event loop per 64 KiB; bulk
 # tunnels move a third more data with 256 KiB (bench/, tcp scenario).
 TUNNEL_BUFFER = 256 * 1024
-
-# After an idle timeout closes a tunnel, what is still buffered for a peer
-# that reads nothing may keep a side open; it is aborted after this long.
-CLOSE_GRACE_SECONDS = 10.0
 
 
 @implementer(IHalfCloseableProtocol)
@@ -71,18 +67,9 @@ class TCPTunnel(Protocol):
         self._tried: list[Target] = []
         self._connector: Any = None
         self._early: list[bytes] = []
-        self._idle = Timer(factory.reactor, self._idle_expired)
-        self._idle_timeout = factory.listener.idle_timeout
-        self._idle_closing = False
         self._connecting = False
-        self._client_eof = False
-        self._target_eof = False
-        self._client_lost = False
-        self._target_lost = False
-        # Whether the client's transport is the producer of the target's,
-        # and the other way round.
-        self._feeding_target = False
-        self._feeding_client = False
+        self._client_eof = False  # before the splice exists
+        self.splice: Optional[Splice] = None  # once a target is connected
         self._finished = False
 
     # -- the client side --------------------------------------------------
@@ -146,34 +133,26 @@ class TCPTunnel(Protocol):
         self._connect_next()
 
     def dataReceived(self, data: bytes) -> None:
-        side = self.target_side
-        if side is None:
+        if self.splice is None:
             self._early.append(data)
-            return
-        self.factory.bytes_in += len(data)
-        self._idle.set(self._idle_timeout)
-        side.transport.write(data)
+        else:
+            self.splice.client_data(data)
 
     def readConnectionLost(self) -> None:
         """The client will send nothing more: pass the end on to the target."""
-        if self._client_eof:
-            return
-        self._client_eof = True
-        if self.target_side is not None and not self._target_lost:
-            self._end_direction_to_target()
-            self._close_if_done()
+        if self.splice is None:
+            self._client_eof = True
+        else:
+            self.splice.client_eof()
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.connections.discard(self)
-        self._client_lost = True
-        side = self.target_side
-        if side is not None and not self._target_lost:
+        if self.splice is not None:
             # The tunnel ends once the target side is gone as well.
-            self._stop_feeding_target()
-            side.transport.loseConnection()
+            self.splice.client_lost()
             return
         connector, self._connector = self._connector, None
         self._end()
@@ -258,109 +237,40 @@ class TCPTunnel(Protocol):
         upstream.record(target, None)
         factory = self.factory
         factory.tunnels_active += 1
-        client, server = self.transport, side.transport
+        server = side.transport
         server.setTcpNoDelay(True)
         early, self._early = self._early, []
         if early:
             factory.bytes_in += sum(len(data) for data in early)
             server.writeSequence(early)
-        client.registerProducer(server, True)
-        self._feeding_client = True
-        self._idle.set(self._idle_timeout)
+        splice = self.splice = Splice(
+            factory.reactor,
+            factory.listener.idle_timeout,
+            self._end,
+            factory.count_bytes,
+            on_idle=self._idle_expired,
+        )
+        splice.attach(self.transport, server)
         if self._client_eof:
-            server.loseWriteConnection()
+            splice.client_eof()
         else:
-            server.registerProducer(client, True)
-            self._feeding_target = True
-            client.resumeProducing()
-
-    # -- the target side ------------------------------------------------------
-
-    def target_data(self, data: bytes) -> None:
-        """Bytes from the target, on their way to the client."""
-        self.factory.bytes_out += len(data)
-        self._idle.set(self._idle_timeout)
-        self.transport.write(data)
-
-    def target_eof(self) -> None:
-        """The target will send nothing more: pass the end on to the client."""
-        if self._target_eof:
-            return
-        self._target_eof = True
-        if not self._client_lost:
-            self._stop_feeding_client()
-            self.transport.loseWriteConnection()
-            self._close_if_done()
-
-    def target_lost(self) -> None:
-        """The connection to the target is gone."""
-        self._target_lost = True
-        if self._client_lost:
-            self._end()
-            return
-        self._stop_feeding_client()
-        self.transport.loseConnection()
-
-    # -- endings --------------------------------------------------------------
-
-    def _end_direction_to_target(self) -> None:
-        side = self.target_side
-        assert side is not None
-        self._stop_feeding_target()
-        side.transport.loseWriteConnection()
-
-    def _stop_feeding_target(self) -> None:
-        # An ended reader must not be resumed: a resumed transport would
-        # read the end of stream again.
-        if self._feeding_target:
-            self._feeding_target = False
-            assert self.target_side is not None
-            self.target_side.transport.unregisterProducer()
-
-    def _stop_feeding_client(self) -> None:
-        if self._feeding_client:
-            self._feeding_client = False
-            self.transport.unregisterProducer()
-
-    def _close_if_done(self) -> None:
-        if self._client_eof and self._target_eof:
-            self._close_both()
-
-    def _close_both(self) -> None:
-        """Close both sides once what is buffered for them is written."""
-        self._stop_feeding_target()
-        self._stop_feeding_client()
-        if not self._client_lost:
-            self.transport.loseConnection()
-        if self.target_side is not None and not self._target_lost:
-            self.target_side.transport.loseConnection()
+            self.transport.resumeProducing()
 
     def _idle_expired(self) -> None:
-        if self._idle_closing:
-            # A peer that reads nothing holds its side open: drop it.
-            if not self._client_lost:
-                self.transport.abortConnection()
-            if self.target_side is not None and not self._target_lost:
-                self.target_side.transport.abortConnection()
-            return
-        self._idle_closing = True
         log.info(
             "tcp listener {listener}: closing the tunnel from {client} to {target}:"
             " no bytes for {timeout:g}s",
             listener=self.factory.listener.name,
             client=self._client(),
             target=self.target.address if self.target is not None else "-",
-            timeout=self._idle_timeout,
+            timeout=self.factory.listener.idle_timeout,
         )
-        self._close_both()
-        self._idle.set(CLOSE_GRACE_SECONDS)
 
     def _end(self) -> None:
         """Both sides are gone: release what the tunnel counted."""
         if self._finished:
             return
         self._finished = True
-        self._idle.cancel()
         self._early = []
         upstream = self.upstream
         if upstream is None:
@@ -371,7 +281,7 @@ class TCPTunnel(Protocol):
             upstream.pending -= 1
         if self.target is not None:
             self.target.in_flight -= 1
-        if self.target_side is not None:
+        if self.splice is not None:
             self.factory.tunnels_active -= 1
 
     def _client(self) -> str:
@@ -393,16 +303,22 @@ class TargetSide(Protocol):
         self.tunnel.target_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.tunnel.target_data(data)
+        splice = self.tunnel.splice
+        if splice is not None:
+            splice.upstream_data(data)
 
     def readConnectionLost(self) -> None:
-        self.tunnel.target_eof()
+        splice = self.tunnel.splice
+        if splice is not None:
+            splice.upstream_eof()
 
     def writeConnectionLost(self) -> None:
         pass
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.tunnel.target_lost()
+        splice = self.tunnel.splice
+        if splice is not None:
+            splice.upstream_lost()
 
 
 class _TargetFactory(ClientFactory):
@@ -443,6 +359,11 @@ class TCPProxyFactory(Factory):
         self.bytes_in = 0
         self.bytes_out = 0
         self.tunnels_active = 0
+
+    def count_bytes(self, inbound: int, outbound: int) -> None:
+        """Count bytes tunnelled (client to target, target to client)."""
+        self.bytes_in += inbound
+        self.bytes_out += outbound
 
     def logPrefix(self) -> str:
         return f"gatewaykit/{self.listener.name}"
