@@ -36,7 +36,7 @@ setup(
         "bcrypt>=4",
     ],
     extras_require={
-        "dev": ["hypothesis", "mypy", "mypy-zope", "ruff"],
+        "dev": ["autobahn", "hypothesis", "mypy", "mypy-zope", "ruff"],
     },
     entry_points={"console_scripts": ["gatewaykit = gatewaykit.cli:main"]},
     classifiers=[

@@ -139,6 +139,27 @@ class TunnelTests(SynchronousTestCase):
         factory = gateway.factory
         self.assertEqual((factory.tunnel_bytes_in, factory.tunnel_bytes_out), (3, 5))
 
+    def test_active_counted(self):
+        """The listener counts open tunnels, down again when one ends."""
+        gateway = harness()
+        tunnel = Tunnel(gateway)
+        tunnel.switch()
+        self.assertEqual(gateway.factory.tunnels_active, 1)
+        tunnel.upstream.connectionLost(Failure(ConnectionDone()))
+        tunnel.client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(gateway.factory.tunnels_active, 0)
+
+    def test_drain_leaves_tunnel(self):
+        """Draining on shutdown leaves an open tunnel carrying bytes (until the drain timeout)."""
+        gateway = harness()
+        tunnel = Tunnel(gateway)
+        tunnel.switch()
+        tunnel.client.drain()
+        self.assertFalse(tunnel.client_transport.disconnecting)
+        self.assertFalse(tunnel.client_transport.write_closed)
+        tunnel.upstream.dataReceived(b"still here")
+        self.assertEqual(tunnel.client_transport.value(), b"still here")
+
     def test_backpressure(self):
         """Each side's transport produces into the other's."""
         tunnel = Tunnel(harness())

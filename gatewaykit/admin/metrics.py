@@ -62,6 +62,7 @@ FAMILIES = {
     "gatewaykit_cache_lookups_total": ("result",),
     "gatewaykit_cache_bytes": (),
     "gatewaykit_tcp_bytes_total": ("listener", "direction"),
+    "gatewaykit_websocket_bytes_total": ("listener", "direction"),
     "gatewaykit_config_reloads_total": ("result",),
 }
 """Every family gatewaykit exports, with its labels (sample names as scraped)."""
@@ -291,12 +292,20 @@ def live_families(state: Mapping[str, Any]) -> Iterator[Metric]:
         "Bytes relayed by a tcp listener: in from clients, out to them.",
         labels=("listener", "direction"),
     )
+    websocket_bytes = CounterMetricFamily(
+        "gatewaykit_websocket_bytes",
+        "Bytes relayed by WebSocket tunnels of an http(s) listener: in from"
+        " clients, out to them.",
+        labels=("listener", "direction"),
+    )
     for listener in state.get("listeners", ()):
-        connections.add_metric((listener["name"],), listener["connections"])
-        if listener["protocol"] == "tcp":
-            tcp_bytes.add_metric((listener["name"], "in"), listener["bytes_in"])
-            tcp_bytes.add_metric((listener["name"], "out"), listener["bytes_out"])
-    yield from (connections, tcp_bytes)
+        name = listener["name"]
+        connections.add_metric((name,), listener["connections"])
+        tunnelled = tcp_bytes if listener["protocol"] == "tcp" else websocket_bytes
+        if "bytes_in" in listener:
+            tunnelled.add_metric((name, "in"), listener["bytes_in"])
+            tunnelled.add_metric((name, "out"), listener["bytes_out"])
+    yield from (connections, tcp_bytes, websocket_bytes)
 
     decisions = CounterMetricFamily(
         "gatewaykit_ratelimit_decisions",

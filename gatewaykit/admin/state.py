@@ -161,6 +161,11 @@ class LocalState:
                 entry["tunnels_active"] = getattr(factory, "tunnels_active", 0)
                 entry["bytes_in"] = getattr(factory, "bytes_in", 0)
                 entry["bytes_out"] = getattr(factory, "bytes_out", 0)
+            elif factory is not None:
+                # WebSocket tunnels of an http(s) listener.
+                entry["tunnels_active"] = getattr(factory, "tunnels_active", 0)
+                entry["bytes_in"] = getattr(factory, "tunnel_bytes_in", 0)
+                entry["bytes_out"] = getattr(factory, "tunnel_bytes_out", 0)
             listeners.append(entry)
         return listeners
 

@@ -448,9 +448,12 @@ class HTTP11ServerProtocol(Protocol):
             tunnel.client_eof()
 
     def drain(self) -> None:
-        """Finish the request in progress, then close; close now if idle."""
+        """
+        Finish the request in progress, then close; close now if idle. A
+        tunnel is left to end by itself (or at the drain timeout).
+        """
         self.draining = True
-        if not self._streams and not self._in_head and self._current is None:
+        if self._tunnel is None and not self._streams and not self._in_head and self._current is None:
             self._close()
 
     # -- pausing --------------------------------------------------------
@@ -834,7 +837,8 @@ class HTTP11ServerFactory(Factory):
         self.added_fields = b""
         self.date = HTTPDate(reactor.seconds)
         self.connections: set[HTTP11ServerProtocol] = set()
-        # Bytes through this listener's tunnels (WebSockets), each way.
+        # WebSocket tunnels open now, and the bytes through them each way.
+        self.tunnels_active = 0
         self.tunnel_bytes_in = 0
         self.tunnel_bytes_out = 0
         self._on_stream_finished = on_stream_finished

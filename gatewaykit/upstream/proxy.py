@@ -364,9 +364,11 @@ class ProxyExchange:
         assert websocket is not None
         factory = stream.factory
         action.tunnels += 1
+        factory.tunnels_active += 1
 
         def ended() -> None:
             action.tunnels -= 1
+            factory.tunnels_active -= 1
             target.in_flight -= 1
 
         tunnel = Splice(action.clock, websocket.idle_timeout, ended, factory.count_tunnel_bytes)
