@@ -53,6 +53,7 @@ from gatewaykit.state import Decision
 from gatewaykit.state.memory import MemoryStore
 from gatewaykit.testing import GatewayReactor, TCPStringTransport
 from gatewaykit.upstream.balancers import key_reader
+from gatewaykit.upstream.mirror import MirrorExchange
 from gatewaykit.upstream.pool import ConnectAttempt
 
 __all__ = ["ExplainError", "exit_code", "explain", "render_json", "render_text"]
@@ -561,7 +562,8 @@ def _connection_attempts(reactor: GatewayReactor) -> list[str]:
         factory = client[2]
         # A TLS connection's factory wraps the pool's.
         factory = getattr(factory, "wrappedFactory", factory)
-        if isinstance(factory, ConnectAttempt):
+        # A mirror's copies are not where the request goes.
+        if isinstance(factory, ConnectAttempt) and not isinstance(factory.waiter, MirrorExchange):
             found.append(factory.target.address)
     return found
 
@@ -760,6 +762,11 @@ def _upstream_part(
         },
         "health_checks": upstream.health is not None,
         "outlier_ejection": upstream.outlier is not None,
+        "mirror": (
+            {"upstream": route.mirror.upstream, "percent": route.mirror.percent}
+            if route.mirror is not None
+            else None
+        ),
     }
     sticky = upstream.sticky
     if sticky is not None:
@@ -771,6 +778,21 @@ def _upstream_part(
         else:
             note = f"no {sticky.cookie} cookie: balanced, and the response sets one"
         part["sticky"] = {"cookie": sticky.cookie, "note": note}
+    return part
+
+
+def _split_part(
+    config: Config, route: RouteConfig, request: Request, target: Optional[str]
+) -> dict[str, Any]:
+    """The side of a split the request went to (by its target), shown as an upstream."""
+    sides = [config.upstreams[side.upstream] for side in route.split if side.weight]
+    chosen = next((u for u in sides if any(t.address == target for t in u.targets)), None)
+    part = _upstream_part(route, chosen or sides[0], request, target)
+    part["split"] = {
+        "sides": [{"upstream": s.upstream, "weight": s.weight} for s in route.split],
+        "by": str(route.split_by) if route.split_by is not None else "random",
+        "chosen": chosen.name if chosen is not None else None,
+    }
     return part
 
 
@@ -801,6 +823,8 @@ def _action_part(
     if route.upstream is not None:
         upstream = config.upstreams[route.upstream]
         return _upstream_part(route, upstream, request, attempts[0] if attempts else None)
+    if route.split:
+        return _split_part(config, route, request, attempts[0] if attempts else None)
     if route.static is not None:
         return _static_file(route.static, request.path)
     if route.redirect is not None:
@@ -983,6 +1007,11 @@ def _action_lines(action: Mapping[str, Any]) -> tuple[str, list[str]]:
         if action["hash_key"]:
             balancer += f" on {action['hash_key']}"
         lines = [f"{action['upstream']} ({balancer}): {targets}"]
+        split = action.get("split")
+        if split is not None:
+            shares = ", ".join(f"{s['upstream']} {s['weight']}" for s in split["sides"])
+            chosen = split["chosen"] or "no side yet"
+            lines.insert(0, f"split {shares} ({split['by']}): this request goes to {chosen}")
         if action["target"] is not None:
             lines.append(f"would connect to {action['target']}: {action['pick']}")
             if action["sticky"]:
@@ -990,6 +1019,12 @@ def _action_lines(action: Mapping[str, Any]) -> tuple[str, list[str]]:
             lines.extend(action["notes"])
         else:
             lines.append("no target is picked: the request does not get that far")
+        mirror = action.get("mirror")
+        if mirror is not None:
+            lines.append(
+                f"mirror: {mirror['percent']:g}% of requests copied to {mirror['upstream']},"
+                " answers discarded"
+            )
         retries = action["retries"]
         timeouts = action["timeouts"]
         lines.append(

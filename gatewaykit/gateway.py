@@ -22,10 +22,13 @@ from gatewaykit.http.forwarding import UpstreamHeadBuilder
 from gatewaykit.interfaces import IPolicy, IPolicyFactory, IRouteAction, IStateStore
 from gatewaykit.plugins import balancer_factories, policy_factories
 from gatewaykit.policies.chain import PolicyChain, PolicyContext
+from gatewaykit.policies.deprecation import deprecation_notice
 from gatewaykit.routing import MethodNotAllowed, NoRoute, Router
 from gatewaykit.state import open_store
 from gatewaykit.upstream.cluster import Upstream
+from gatewaykit.upstream.mirror import MirrorAction
 from gatewaykit.upstream.proxy import ProxyAction
+from gatewaykit.upstream.split import SplitAction
 
 log = Logger()
 
@@ -81,8 +84,12 @@ class Gateway:
         }
         for route_config in config.routes:
             action = self._action(route_config)
-            if route_config.policies:
-                chain = [self.policies[name] for name in route_config.policies]
+            chain = [self.policies[name] for name in route_config.policies]
+            notice = deprecation_notice(route_config)
+            if notice is not None:
+                # First, so that answers of the route's own policies carry it.
+                chain.insert(0, notice)
+            if chain:
                 action = PolicyChain(chain, action)
             route = Route(route_config, action)
             for listener in route_config.listeners:
@@ -101,17 +108,36 @@ class Gateway:
             for name, policy in config.policies.items()
         }
 
+    def _proxy(self, route: RouteConfig, upstream: str) -> ProxyAction:
+        return ProxyAction(
+            self.upstreams[upstream],
+            self._head_builder,
+            self.reactor,
+            self.via,
+            route.timeout,
+            self.metrics,
+            route.websocket,
+        )
+
     def _action(self, route: RouteConfig) -> IRouteAction:
-        if route.upstream is not None:
-            return ProxyAction(
-                self.upstreams[route.upstream],
+        if route.mirror is not None:
+            return MirrorAction(
+                route.name,
+                route.mirror,
+                self.upstreams[route.mirror.upstream],
                 self._head_builder,
                 self.reactor,
-                self.via,
-                route.timeout,
+                self._unmirrored_action(route),
                 self.metrics,
-                route.websocket,
             )
+        return self._unmirrored_action(route)
+
+    def _unmirrored_action(self, route: RouteConfig) -> IRouteAction:
+        if route.upstream is not None:
+            return self._proxy(route, route.upstream)
+        if route.split:
+            sides = [(self._proxy(route, side.upstream), side.weight) for side in route.split]
+            return SplitAction(sides, route.split_by)
         if route.respond is not None:
             return Respond(route.respond)
         if route.redirect is not None:

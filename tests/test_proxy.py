@@ -70,6 +70,19 @@ class RequestForwardingTests(SynchronousTestCase):
         self.assertIn(b"X-Forwarded-For: 127.0.0.1\r\n", head)
         self.assertIn(b"Via: 1.1 test-node\r\n", head)
 
+    def test_http10_without_host_gets_one(self):
+        """An HTTP/1.0 request without Host goes upstream (as HTTP/1.1) with the target's."""
+        exchange = Exchange(proxy_harness(), b"GET /x HTTP/1.0\r\n\r\n")
+        head = exchange.sent_upstream()
+        self.assertTrue(head.startswith(b"GET /x HTTP/1.1\r\n"))
+        self.assertIn(b"Host: 10.0.0.1:8000\r\n", head)
+        self.assertNotIn(b"X-Forwarded-Host", head)
+
+    def test_http10_without_host_gets_upstream_host(self):
+        """With the upstream's host set, that one is added."""
+        exchange = Exchange(proxy_harness(host="api.internal"), b"GET /x HTTP/1.0\r\n\r\n")
+        self.assertIn(b"Host: api.internal\r\n", exchange.sent_upstream())
+
     def test_hop_by_hop_removed(self):
         """Connection and the fields it names are not forwarded."""
         exchange = Exchange(

@@ -104,13 +104,23 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=None,
         )
+        self.mirrors = Counter(
+            "gatewaykit_mirror_requests",
+            "Copies of requests for a route's mirror, by result: ok (the shadow"
+            " answered), error, dropped (max_in_flight reached), too_large.",
+            ("route", "upstream", "result"),
+            registry=None,
+        )
         self.registry.register(
-            _WithoutCreated((self.requests, self.request_duration, self.upstream_duration))
+            _WithoutCreated(
+                (self.requests, self.request_duration, self.upstream_duration, self.mirrors)
+            )
         )
         self.registry.register(LiveCollector(self._read_live))
         self._upstream_children: dict[str, Any] = {}
-        # Children by (listener, route, proxied, code), kept per Gateway:
-        # which upstream a route proxies to is a fact of one config version.
+        # Children by (listener, route, proxied, chosen upstream, code), kept
+        # per Gateway: which upstream a route proxies to is a fact of one
+        # config version, unless its action chose one (a split).
         self._per_gateway: weakref.WeakKeyDictionary[Any, _GatewayLabels] = (
             weakref.WeakKeyDictionary()
         )
@@ -124,7 +134,13 @@ class Metrics:
         if gateway is not self._gateway:
             self._switch(gateway)
         request = stream.request
-        key = (request.listener, request.route, stream.upstream_address != "", stream.status)
+        key = (
+            request.listener,
+            request.route,
+            stream.upstream_address != "",
+            request.upstream,
+            stream.status,
+        )
         children = self._labels.children.get(key)
         if children is None:
             children = self._labels.add(key)
@@ -137,6 +153,10 @@ class Metrics:
         if child is None:
             child = self._upstream_children[upstream] = self.upstream_duration.labels(upstream)
         child.observe(seconds)
+
+    def mirror_result(self, route: str, upstream: str, result: str) -> None:
+        """Count one mirrored copy of a request of C{route} and how it went."""
+        self.mirrors.labels(route, upstream, result).inc()
 
     def _read_live(self) -> Mapping[str, Any]:
         return self.live() if self.live is not None else {}
@@ -225,9 +245,9 @@ class _GatewayLabels:
         )
 
     def add(self, key: tuple) -> tuple[Any, Any]:
-        listener, route, proxied, status = key
+        listener, route, proxied, chosen, status = key
         route = route or ""
-        upstream = self.upstream_of.get(route, "") if proxied else ""
+        upstream = (chosen or self.upstream_of.get(route, "")) if proxied else ""
         metrics = self.metrics
         children = (
             metrics.requests.labels(listener, route, upstream, str(status)),
@@ -317,6 +337,16 @@ def live_families(state: Mapping[str, Any]) -> Iterator[Metric]:
         for result in ("allowed", "limited", "degraded"):
             decisions.add_metric((policy["policy"], result), policy[result])
     yield decisions
+
+    filtered = CounterMetricFamily(
+        "gatewaykit_request_filter_matches",
+        "Requests a request_filter policy refused, by policy and rule.",
+        labels=("policy", "rule"),
+    )
+    for policy in state.get("request_filters", ()):
+        for rule, count in policy["matches"].items():
+            filtered.add_metric((policy["policy"], rule), count)
+    yield filtered
 
     cache = state.get("cache") or {}
     lookups = CounterMetricFamily(

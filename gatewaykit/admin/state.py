@@ -46,6 +46,14 @@ def _is_rate_limit(policy: Any) -> bool:
     return all(isinstance(getattr(policy, r, None), int) for r in _RATE_LIMIT_RESULTS)
 
 
+def _filter_counts(policy: Any) -> dict[str, float]:
+    return dict(policy.matches)
+
+
+def _is_request_filter(policy: Any) -> bool:
+    return isinstance(getattr(policy, "matches", None), Mapping)
+
+
 def _is_cache(policy: Any) -> bool:
     return isinstance(getattr(policy, "lookups", None), Mapping) and hasattr(policy, "bytes")
 
@@ -137,6 +145,16 @@ class LocalState:
                 if _is_rate_limit(policy)
             ],
             "cache": self._cache(policies),
+            "request_filters": [
+                {
+                    "policy": name,
+                    "matches": self.metrics.carried.read(
+                        ("request_filter", name), policy, _filter_counts
+                    ),
+                }
+                for name, policy in policies.items()
+                if _is_request_filter(policy)
+            ],
             "reloads": dict(getattr(self.service, "reloads", None) or {}),
         }
 
@@ -193,6 +211,7 @@ class LocalState:
                     "match": _describe_match(route.match),
                     "action": _action_of(route),
                     "upstream": route.upstream,
+                    "split": [{"upstream": s.upstream, "weight": s.weight} for s in route.split],
                     "policies": list(route.policies),
                     "requests": counts.pop(route.name, {}),
                 }
@@ -273,8 +292,8 @@ def _describe_match(match: Any) -> str:
 
 
 def _action_of(route: Any) -> str:
-    for action in ("upstream", "static", "redirect", "respond"):
-        if getattr(route, action) is not None:
+    for action in ("upstream", "split", "static", "redirect", "respond"):
+        if getattr(route, action):
             return action
     return ""
 
@@ -350,6 +369,7 @@ def merge_status(statuses: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     merged["routes"] = _merge_routes(statuses)
     merged["upstreams"] = _merge_upstreams(statuses)
     merged["rate_limits"] = _merge_by(statuses, "rate_limits", "policy", _RATE_LIMIT_RESULTS)
+    merged["request_filters"] = _merge_filters(statuses)
     lookups: dict[str, float] = {}
     for status in statuses:
         for result, count in status.get("cache", {}).get("lookups", {}).items():
@@ -378,6 +398,16 @@ def _merge_by(
                 if name in entry:
                     into[name] = into.get(name, 0) + entry[name]
     return list(entries.values())
+
+
+def _merge_filters(statuses: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    filters: dict[str, dict[str, float]] = {}
+    for status in statuses:
+        for entry in status.get("request_filters", ()):
+            matches = filters.setdefault(entry["policy"], {})
+            for rule, count in entry["matches"].items():
+                matches[rule] = matches.get(rule, 0) + count
+    return [{"policy": policy, "matches": matches} for policy, matches in filters.items()]
 
 
 def _merge_routes(statuses: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

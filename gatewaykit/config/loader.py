@@ -14,7 +14,9 @@ import hashlib
 import os
 import re
 import socket
+from datetime import date, datetime, timezone
 from typing import Any, Iterator, Mapping, Optional, Union
+from urllib.parse import urlsplit
 
 from gatewaykit.config.addresses import (
     parse_bind,
@@ -35,6 +37,7 @@ from gatewaykit.config.model import (
     Limits,
     ListenerConfig,
     Match,
+    MirrorConfig,
     OutlierConfig,
     PolicyConfig,
     PoolConfig,
@@ -44,12 +47,14 @@ from gatewaykit.config.model import (
     RetryConfig,
     RouteConfig,
     SentinelConfig,
+    SplitSide,
     StaticAction,
     StickyConfig,
     TargetConfig,
     UpstreamConfig,
     UpstreamTimeouts,
     WebSocketConfig,
+    parse_split_by,
 )
 from gatewaykit.config.schema import (
     MISSING,
@@ -92,7 +97,7 @@ from gatewaykit.plugins import DuplicatePluginName, balancer_factories, policy_f
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _VISIBLE = re.compile(r"[!-~]+")
 _HTTP_PROTOCOLS = ("http", "https")
-_ACTIONS = ("upstream", "static", "redirect", "respond")
+_ACTIONS = ("upstream", "split", "static", "redirect", "respond")
 _PATH_KINDS = ("path", "path_prefix", "path_regex")
 
 
@@ -162,7 +167,58 @@ def _file_name(value: str) -> str:
     return value
 
 
+def _upstream_host(value: str) -> str:
+    """C{upstreams.NAME.host}: a host name or IP, with an optional port."""
+    text = value.strip()
+    if text.endswith("]") or ":" not in text:
+        if "*" in parse_route_host(text):
+            raise ValueError(f"the Host sent upstream cannot be a wildcard, got {value!r}")
+    else:
+        parse_target(text)
+    return text
+
+
+_LINK_UNSAFE = re.compile(r'[\s<>"\x00-\x1f\x7f]')
+
+
+def _link_target(value: str) -> str:
+    """A C{Link} target: a path on this gateway, or an http(s) URL."""
+    parts = urlsplit(value)
+    absolute = parts.scheme in ("http", "https") and bool(parts.netloc)
+    if not (absolute or (value.startswith("/") and not value.startswith("//"))):
+        raise ValueError(f"expected a path like /v2/ or an http(s) URL, got {value!r}")
+    if not value.isascii() or _LINK_UNSAFE.search(value):
+        raise ValueError(
+            f"a link cannot contain spaces, '<', '>', '\"' or non-ASCII characters, got {value!r}"
+        )
+    return value
+
+
 # -- parsers needing the context ---------------------------------------------
+
+
+def _moment(ctx: Context, node: Node) -> int:
+    """An ISO 8601 date (its midnight UTC) or time with an offset, as POSIX seconds."""
+    expected = (
+        "an ISO 8601 date like 2026-12-31 or a time with its offset"
+        " like 2026-12-31T23:59:59Z"
+    )
+    if not isinstance(node, ScalarNode) or not isinstance(node.value, (str, date)):
+        raise wrong(node, expected)
+    written = node.text.strip()
+    try:
+        moment = datetime.fromisoformat(written)
+    except ValueError:
+        raise wrong(node, expected) from None
+    if moment.tzinfo is None:
+        try:
+            date.fromisoformat(written)
+        except ValueError:
+            raise Invalid(
+                node, f"give the time's offset (Z for UTC, or like +02:00), got {written!r}"
+            ) from None
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
 
 
 def _in_config_dir(ctx: Context, path: str) -> str:
@@ -192,7 +248,11 @@ def _workers(ctx: Context, node: Node) -> Union[int, str]:
     return count
 
 
-def _conditions(name_check: Optional[Check] = None) -> Parser:
+def conditions(name_check: Optional[Check] = None) -> Parser:
+    """
+    A mapping of name -> L{Condition} (exact, C{~regex} or C{"*"}), as
+    routes match on and C{request_filter} rules use.
+    """
     parse_pairs = pairs(converted(_condition_value), name_check)
     return lambda ctx, node: tuple(
         Condition.parse(name, value) for name, value in parse_pairs(ctx, node)
@@ -436,6 +496,7 @@ UPSTREAM = Section(
         "pool": Section(
             {"max_idle_per_target": integer(minimum=0), "idle_timeout": duration()}
         ).into(PoolConfig),
+        "host": converted(_upstream_host, "a host name"),
     },
 )
 
@@ -448,9 +509,9 @@ MATCH = Section(
         "path_prefix": converted(_path_prefix, "a path"),
         "path_regex": converted(_regex, "a regular expression"),
         "methods": list_of(converted(_method, "a method"), unique=str, what="method"),
-        "headers": _conditions(_token("header name")),
-        "query": _conditions(),
-        "cookies": _conditions(),
+        "headers": conditions(_token("header name")),
+        "query": conditions(),
+        "cookies": conditions(),
     }
 )
 
@@ -466,6 +527,37 @@ def _match(ctx: Context, node: Node) -> Match:
             f" this match already has {given[0]!r}",
         )
     return Match(**values)
+
+
+SPLIT_SIDE = Section(
+    {
+        "upstream": Key(reference("upstream"), required=True),
+        "weight": Key(integer(0, 1_000_000), required=True),
+    }
+).into(SplitSide)
+
+MIRROR = Section(
+    {
+        "upstream": Key(reference("upstream"), required=True),
+        "percent": number(0, 100),
+        "max_in_flight": integer(minimum=1),
+        "max_body_bytes": size(),
+    }
+).into(MirrorConfig)
+
+
+def _check_sunset(ctx: Context, route: MapNode, values: Mapping[str, Any]) -> None:
+    """RFC 9745: a resource cannot go away before it is deprecated."""
+    if values.get("sunset", float("inf")) < values.get("deprecation", float("-inf")):
+        ctx.report(route.node_of("sunset"), "the sunset cannot be earlier than the deprecation")
+
+
+def _check_split(ctx: Context, route: MapNode, values: Mapping[str, Any]) -> None:
+    """What the keys of a split cannot say alone: a weight to share, a key with a split."""
+    if "split" in values and not any(side.weight for side in values["split"]):
+        ctx.report(route.node_of("split"), "a split needs at least one weight above 0")
+    if "split_by" in route.entries and "split" not in route.entries:
+        ctx.report(route.entries["split_by"][0], "split_by goes with split")
 
 
 ROUTE = Section(
@@ -497,11 +589,15 @@ ROUTE = Section(
         "timeout": duration(),
         "policies": list_of(reference("policy"), unique=str, what="policy"),
         "websocket": _websocket,
-    },
-    upcoming={
-        "split": "traffic splitting",
-        "split_by": "traffic splitting",
-        "mirror": "traffic mirroring",
+        "split": list_of(
+            SPLIT_SIDE, non_empty=True, unique=lambda side: side.upstream, what="split upstream"
+        ),
+        "split_by": converted(parse_split_by, "a split key"),
+        "mirror": MIRROR,
+        "deprecation": _moment,
+        "sunset": _moment,
+        "successor": converted(_link_target, "a path or URL"),
+        "deprecation_link": converted(_link_target, "a path or URL"),
     },
 )
 
@@ -670,8 +766,10 @@ def _routes(
         actions = [k for k in _ACTIONS if k in entries and not is_null(entries[k][1])]
         if not actions:
             ctx.report(
-                item, "a route needs one action: upstream, static, redirect or respond"
+                item, "a route needs one action: upstream, split, static, redirect or respond"
             )
+        _check_split(ctx, expect_map(item), values)
+        _check_sunset(ctx, expect_map(item), values)
         for action in actions[1:]:
             ctx.report(
                 entries[action][0],

@@ -338,6 +338,12 @@ class UpstreamConfig:
     sticky: Optional[StickyConfig] = None
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     pool: PoolConfig = PoolConfig()
+    host: Optional[str] = None  # the Host sent upstream; None: the client's
+
+    @property
+    def host_field(self) -> Optional[bytes]:
+        """The C{Host} value sent to targets, or C{None} to keep the client's."""
+        return None if self.host is None else self.host.encode("ascii")
 
 
 @frozen
@@ -528,6 +534,11 @@ class RouteConfig:
     timeout: Optional[float] = None  # overrides the upstream's response timeout
     policies: tuple[str, ...] = ()  # names under the top-level policies, in order
     websocket: Optional[WebSocketConfig] = None  # None: upgrades are not tunnelled
+    # Announced to clients (docs/api-versioning.md): POSIX seconds, and URLs.
+    deprecation: Optional[int] = None
+    sunset: Optional[int] = None
+    successor: Optional[str] = None
+    deprecation_link: Optional[str] = None
 
 
 def frozen_mapping(items: Mapping) -> Mapping:

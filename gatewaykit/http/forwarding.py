@@ -24,11 +24,9 @@ CLIENT_CERT_FIELDS = (b"X-Client-Cert-Subject", b"X-Client-Cert-Issuer", b"X-Cli
 # Fields the gateway sets itself on the way upstream, so a client's copy is
 # dropped first (the X-Forwarded-* ones are kept from trusted proxies; the
 # client certificate ones never are).
-_REPLACED_UPSTREAM = frozenset(
+FORWARDING_FIELDS = frozenset(
     {
         *(name.lower() for name in CLIENT_CERT_FIELDS),
-        b"content-length",
-        b"expect",
         b"x-request-id",
         b"traceparent",
         b"via",
@@ -38,6 +36,8 @@ _REPLACED_UPSTREAM = frozenset(
         b"x-forwarded-port",
     }
 )
+"""The request fields the gateway sets on every request it forwards (SPEC section 5)."""
+_REPLACED_UPSTREAM = FORWARDING_FIELDS | {b"content-length", b"expect"}
 _FORWARDED_TRUSTED = frozenset(
     {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"}
 )
@@ -122,7 +122,8 @@ class UpstreamHeadBuilder:
     ) -> bytes:
         """
         The head for C{request}, with request-target C{uri} and C{Host} C{host}
-        (C{None}: keep the client's). Framing fields are added for the body.
+        (C{None}: keep the client's; an HTTP/1.0 request without one gets
+        C{host}). Framing fields are added for the body.
         With C{upgrade}, the client's C{Upgrade} is passed on (with
         C{Connection: Upgrade}) so the upstream may switch protocols.
         """
@@ -156,6 +157,8 @@ class UpstreamHeadBuilder:
                 append(b"Host: " + value + b"\r\n")
                 continue
             append(name + b": " + value + b"\r\n")
+        if host is not None and request.headers.get(b"host") is None:
+            append(b"Host: " + host + b"\r\n")
         client = request.client_host.encode("ascii")
         forwarded_for.append(client)
         append(b"X-Forwarded-For: " + b", ".join(forwarded_for) + b"\r\n")

@@ -137,6 +137,7 @@ class Request:
         "tls",
         "upgrade",
         "route",
+        "upstream",
         "_query_params",
         "_cookies",
     )
@@ -193,6 +194,9 @@ class Request:
         self.tls = tls
         self.upgrade = upgrade  # e.g. "websocket": the protocol the client asks to switch to
         self.route = None
+        # The upstream an action chose among several (a split); "" when the
+        # route names one, or the request went to none.
+        self.upstream = ""
         self._query_params: Optional[dict[str, list[str]]] = None
         self._cookies: Optional[dict[str, str]] = None
 
@@ -224,6 +228,12 @@ class Request:
         kept = [p for p in pairs if unquote_plus(p.partition("=")[0]) != name]
         if len(kept) != len(pairs):
             self.query = "&".join(kept)
+            self._query_params = None
+
+    def add_query_params(self, encoded: list[str]) -> None:
+        """Append C{encoded} C{name=value} pairs (already percent-encoded) to the query."""
+        if encoded:
+            self.query = "&".join([self.query, *encoded] if self.query else encoded)
             self._query_params = None
 
     def remove_cookie(self, name: str) -> None:

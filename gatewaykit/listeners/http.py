@@ -453,7 +453,8 @@ class HTTP11ServerProtocol(Protocol):
         tunnel is left to end by itself (or at the drain timeout).
         """
         self.draining = True
-        if self._tunnel is None and not self._streams and not self._in_head and self._current is None:
+        idle = not self._streams and not self._in_head and self._current is None
+        if idle and self._tunnel is None:
             self._close()
 
     # -- pausing --------------------------------------------------------

@@ -221,7 +221,11 @@ class ProxyExchange:
         request = self._request
         uri = request.uri.encode("latin-1")
         transport = connection.transport
-        transport.write(self._action.head_builder.build(request, uri, None, self._upgrade))
+        host = self._upstream.config.host_field
+        if host is None and request.host == "":
+            # HTTP/1.0 without Host: HTTP/1.1 upstream needs one (as nginx's $proxy_host).
+            host = self.target.address.encode("ascii")
+        transport.write(self._action.head_builder.build(request, uri, host, self._upgrade))
         self._sent_at = self._action.clock.seconds()
         if request.has_body:
             self._body_attached = True

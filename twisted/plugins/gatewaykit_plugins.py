@@ -46,3 +46,8 @@ ip_filter = LazyPolicyFactory("ip_filter", "gatewaykit.policies.ip_filter:IPFilt
 cors = LazyPolicyFactory("cors", "gatewaykit.policies.cors:CORSFactory")
 rate_limit = LazyPolicyFactory("rate_limit", "gatewaykit.policies.rate_limit:RateLimitFactory")
 session = LazyPolicyFactory("session", "gatewaykit.policies.session:SessionFactory")
+headers = LazyPolicyFactory("headers", "gatewaykit.policies.headers:HeadersFactory")
+rewrite = LazyPolicyFactory("rewrite", "gatewaykit.policies.rewrite:RewriteFactory")
+request_filter = LazyPolicyFactory(
+    "request_filter", "gatewaykit.policies.request_filter:RequestFilterFactory"
+)
