@@ -3,10 +3,15 @@ Tests for WebSocket proxying: the upgrade handshake through a route, the
 switch to a byte tunnel, and what is refused.
 """
 
+import os
+from typing import Any
+
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from gatewaykit.config.errors import ConfigError
+from gatewaykit.config.loader import parse_config
 from gatewaykit.config.model import Limits, PolicyConfig, WebSocketConfig
 from gatewaykit.testing import GatewayHarness, make_config, parse_response, route, upstream
 from tests.test_policy_chain import ScriptedFactory
@@ -216,3 +221,42 @@ class TunnelTests(SynchronousTestCase):
         tunnel.client.connectionLost(Failure(ConnectionDone()))
         tunnel.upstream.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(target.in_flight, 0)
+
+
+class WebSocketConfigTests(SynchronousTestCase):
+    """The C{routes[].websocket} key."""
+
+    def parse(self, route: str) -> Any:
+        text = (
+            "listeners: {web: {protocol: http, bind: ':8080'}}\n"
+            "upstreams: {app: {targets: ['127.0.0.1:9001']}}\n"
+            f"routes: [{route}]\n"
+        )
+        return parse_config(text, "gw.yaml", base_dir=os.getcwd())
+
+    def test_forms(self):
+        """true, false, or a mapping of max_tunnels and idle_timeout."""
+        for written, expected in [
+            ("true", WebSocketConfig()),
+            ("false", None),
+            ("{max_tunnels: 10, idle_timeout: 5m}", WebSocketConfig(10, 300.0)),
+        ]:
+            config = self.parse(f"{{name: ws, upstream: app, websocket: {written}}}")
+            self.assertEqual(config.routes[0].websocket, expected)
+
+    def test_only_on_proxied_routes(self):
+        """A route that answers by itself cannot tunnel: refused with the reason."""
+        error = self.assertRaises(
+            ConfigError, self.parse, "{name: ws, respond: {status: 200}, websocket: true}"
+        )
+        self.assertEqual(
+            [str(problem).partition(": ")[2] for problem in error.problems],
+            ["websocket goes with upstream or split: only a proxied route can tunnel"],
+        )
+
+    def test_bad_option(self):
+        """An unknown option or a negative cap is an error."""
+        for written in ("{max_tunnel: 1}", "{max_tunnels: -1}"):
+            self.assertRaises(
+                ConfigError, self.parse, f"{{name: ws, upstream: app, websocket: {written}}}"
+            )

@@ -558,6 +558,11 @@ def _check_split(ctx: Context, route: MapNode, values: Mapping[str, Any]) -> Non
         ctx.report(route.node_of("split"), "a split needs at least one weight above 0")
     if "split_by" in route.entries and "split" not in route.entries:
         ctx.report(route.entries["split_by"][0], "split_by goes with split")
+    if values.get("websocket") is not None and not ("upstream" in values or "split" in values):
+        ctx.report(
+            route.entries["websocket"][0],
+            "websocket goes with upstream or split: only a proxied route can tunnel",
+        )
 
 
 ROUTE = Section(
