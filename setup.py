@@ -28,6 +28,7 @@ setup(
         "txredisapi",
         "zope.interface",
         "httptools>=0.6",
+        "h2>=4.1",  # HTTP/2 downstream; brings hpack and hyperframe
         "PyYAML>=6",
         "prometheus-client",
         "attrs>=23",

@@ -308,6 +308,8 @@ class ALPNTests(SynchronousTestCase):
     """The protocol negotiated, and the HTTP/2 seam."""
 
     def setUp(self) -> None:
+        # A gateway built earlier in this process may have registered HTTP/2.
+        register_h2_protocol_factory(None)
         self.harness = HTTPSHarness(self)
         self.addCleanup(register_h2_protocol_factory, None)
 

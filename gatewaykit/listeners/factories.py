@@ -26,8 +26,11 @@ def listener_factory(listener: ListenerConfig, gateway: Any, reactor: Any) -> An
 
         return PassthroughFactory(listener, gateway, reactor)
     if protocol == "https":
-        from gatewaykit.listeners.tls import HTTPSServerFactory
+        from gatewaykit.listeners.h2 import h2_protocol
+        from gatewaykit.listeners.tls import HTTPSServerFactory, register_h2_protocol_factory
 
+        # HTTP/2 is offered (ALPN h2) by every https listener gatewaykit builds.
+        register_h2_protocol_factory(h2_protocol)
         return HTTPSServerFactory(listener, gateway, reactor)
     from gatewaykit.listeners.http import HTTP11ServerFactory
 

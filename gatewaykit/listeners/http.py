@@ -553,112 +553,23 @@ class HTTP11ServerProtocol(Protocol):
 
     def _build_request(self, gateway: Gateway) -> Request:
         parser = self._parser
-        method = parser.get_method().decode("ascii")
         version = parser.get_http_version()
-        target = self._url
-        fields = self._fields
-        host_value: Optional[bytes] = None
-        hosts = 0
-        content_length: Optional[int] = None
-        chunked = False
-        expect = False
-        request_id: Optional[bytes] = None
-        connection: Optional[list[bytes]] = None
-        forwarded_for: list[bytes] = []
-        for name, value in fields:
-            lower = name.lower()
-            if lower == b"host":
-                hosts += 1
-                host_value = value
-            elif lower == b"content-length":
-                content_length = int(value)
-            elif lower == b"transfer-encoding":
-                chunked = True
-            elif lower == b"expect":
-                if value.lower() != b"100-continue":
-                    raise GatewayError(417, "expectation_failed", "only 100-continue is supported")
-                expect = True
-            elif lower == b"x-request-id":
-                request_id = value
-            elif lower == b"connection":
-                if connection is None:
-                    connection = []
-                connection.append(value)
-            elif lower == b"x-forwarded-for":
-                forwarded_for.append(value)
-        if hosts > 1:
-            raise bad_request("more than one Host field")
-        upgrade: Optional[str] = None
-        if connection is not None and b"upgrade" in connection_tokens(connection):
-            offered = Headers(fields).get(b"upgrade")
-            if offered is not None:
-                upgrade = offered.split(b",")[0].strip().lower().decode("latin-1")
-        if target[:1] == b"/":
-            path, _, query = target.partition(b"?")
-        elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
-            # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
-            rest = target.split(b"//", 1)[1]
-            end = len(rest)
-            for sep in (b"/", b"?"):
-                index = rest.find(sep)
-                if index != -1 and index < end:
-                    end = index
-            authority, rest = rest[:end], rest[end:]
-            if b"@" in authority:
-                raise bad_request("user information in the request target")
-            path, _, query = rest.partition(b"?")
-            path = path or b"/"
-            host_value = authority
-            self._fields = fields = [
-                (n, authority if n.lower() == b"host" else v) for n, v in fields
-            ]
-            if hosts == 0:
-                fields.append((b"Host", authority))
-        elif target == b"*" and method == "OPTIONS":
-            path, query = b"*", b""
-        else:
-            raise bad_request("malformed request target")
-        if host_value is None:
-            if version != "1.0":
-                raise bad_request("missing Host field")
-            host, port = "", None
-        else:
-            host, port = _split_host(host_value)
-        if path != b"*":
-            try:
-                normal_path = normalise_path(path)
-            except BadPath as exc:
-                raise bad_request(str(exc)) from None
-        else:
-            normal_path = "*"
-        if request_id is None or not is_sane_request_id(request_id):
-            rid = new_request_id()
-        else:
-            rid = request_id.decode("ascii")
-        return Request(
-            method=method,
-            target=target,
-            path=normal_path,
-            query=query.decode("latin-1"),
-            version=version,
-            headers=Headers(fields),
-            host=host,
-            port=port,
-            server_port=self._server_port,
-            scheme=self.factory.scheme,
-            client_host=self._client_host,
-            client_port=self._client_port,
-            client_ip=client_ip(self._client_host, forwarded_for, gateway.trusted_proxies),
-            listener=self.factory.listener.name,
-            request_id=rid,
-            keep_alive=parser.should_keep_alive(),
-            content_length=None if chunked else content_length,
-            chunked=chunked,
-            expect_continue=expect,
-            received_at=self.factory.reactor.seconds(),
-            hop_by_hop=HOP_BY_HOP if connection is None else hop_by_hop_fields(connection),
-            upgrade=upgrade,
-            tls=self.tls,
+        if version not in ("1.1", "1.0"):
+            raise GatewayError(
+                505, "http_version_not_supported", f"HTTP/{version} is not spoken here", close=True
+            )
+        return build_request(
+            self.factory,
+            gateway,
+            parser.get_method().decode("ascii"),
+            self._url,
+            version,
+            self._fields,
+            parser.should_keep_alive(),
+            self._client_host,
+            self._client_port,
+            self._server_port,
+            self.tls,
         )
 
     def _fallback_request(self) -> Request:
@@ -667,19 +578,14 @@ class HTTP11ServerProtocol(Protocol):
             method = self._parser.get_method().decode("ascii")
         except Exception:
             method = "-"
-        return Request(
-            method=method,
-            target=self._url,
-            path="-",
-            headers=Headers(self._fields),
-            server_port=self._server_port,
-            scheme=self.factory.scheme,
-            client_host=self._client_host,
-            client_port=self._client_port,
-            listener=self.factory.listener.name,
-            request_id=new_request_id(),
-            keep_alive=False,
-            received_at=self.factory.reactor.seconds(),
+        return fallback_request(
+            self.factory,
+            method,
+            self._url,
+            self._fields,
+            self._client_host,
+            self._client_port,
+            self._server_port,
         )
 
     def _dispatch(self, stream: HTTP11Stream) -> None:
@@ -783,6 +689,182 @@ class HTTP11ServerProtocol(Protocol):
             )
         elif not self._streams:
             self.transport.loseConnection()
+
+
+# -- requests, for every downstream codec ---------------------------------------------
+
+
+def _check_transfer_codings(codings: list[bytes], version: str) -> None:
+    """
+    Refuse a request body framing other than C{Transfer-Encoding: chunked}
+    alone (RFC 9112 6.1, 6.3): an upstream might frame it otherwise.
+    """
+    if version == "1.0":
+        raise bad_request("Transfer-Encoding in an HTTP/1.0 request")
+    if codings[-1] != b"chunked":
+        raise bad_request("the final transfer coding is not chunked")
+    if codings != [b"chunked"]:
+        raise GatewayError(
+            501,
+            "not_implemented",
+            "transfer codings other than chunked are not supported",
+            close=True,
+        )
+
+
+def build_request(
+    factory: HTTP11ServerFactory,
+    gateway: Gateway,
+    method: str,
+    target: bytes,
+    version: str,
+    fields: list[tuple[bytes, bytes]],
+    keep_alive: bool,
+    client_host: str,
+    client_port: int,
+    server_port: int,
+    tls: Any,
+) -> Request:
+    """
+    The L{Request} for a parsed head (HTTP/1.1 and HTTP/2 alike): C{Host}
+    (or an absolute-form target's authority, which replaces C{Host} in
+    C{fields}), path normalisation, C{Expect}, C{X-Request-ID}, the client
+    address and the C{Connection} options. Raises L{GatewayError} for a
+    head to refuse.
+    """
+    host_value: Optional[bytes] = None
+    hosts = 0
+    content_length: Optional[int] = None
+    chunked = False
+    codings: list[bytes] = []
+    expect = False
+    request_id: Optional[bytes] = None
+    connection: Optional[list[bytes]] = None
+    forwarded_for: list[bytes] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower == b"host":
+            hosts += 1
+            host_value = value
+        elif lower == b"content-length":
+            content_length = int(value)
+        elif lower == b"transfer-encoding":
+            chunked = True
+            codings += (coding.strip().lower() for coding in value.split(b","))
+        elif lower == b"expect":
+            if value.lower() != b"100-continue":
+                raise GatewayError(417, "expectation_failed", "only 100-continue is supported")
+            expect = True
+        elif lower == b"x-request-id":
+            request_id = value
+        elif lower == b"connection":
+            if connection is None:
+                connection = []
+            connection.append(value)
+        elif lower == b"x-forwarded-for":
+            forwarded_for.append(value)
+    if hosts > 1:
+        raise bad_request("more than one Host field")
+    if chunked:
+        _check_transfer_codings(codings, version)
+    upgrade: Optional[str] = None
+    if connection is not None and b"upgrade" in connection_tokens(connection):
+        offered = Headers(fields).get(b"upgrade")
+        if offered is not None:
+            upgrade = offered.split(b",")[0].strip().lower().decode("latin-1")
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+    elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+        # absolute-form: its authority replaces Host (RFC 9112 3.2.2)
+        rest = target.split(b"//", 1)[1]
+        end = len(rest)
+        for sep in (b"/", b"?"):
+            index = rest.find(sep)
+            if index != -1 and index < end:
+                end = index
+        authority, rest = rest[:end], rest[end:]
+        if b"@" in authority:
+            raise bad_request("user information in the request target")
+        path, _, query = rest.partition(b"?")
+        path = path or b"/"
+        host_value = authority
+        fields[:] = [(n, authority if n.lower() == b"host" else v) for n, v in fields]
+        if hosts == 0:
+            fields.append((b"Host", authority))
+    elif target == b"*" and method == "OPTIONS":
+        path, query = b"*", b""
+    else:
+        raise bad_request("malformed request target")
+    if host_value is None:
+        if version != "1.0":
+            raise bad_request("missing Host field")
+        host, port = "", None
+    else:
+        host, port = _split_host(host_value)
+    if path != b"*":
+        try:
+            normal_path = normalise_path(path)
+        except BadPath as exc:
+            raise bad_request(str(exc)) from None
+    else:
+        normal_path = "*"
+    if request_id is None or not is_sane_request_id(request_id):
+        rid = new_request_id()
+    else:
+        rid = request_id.decode("ascii")
+    return Request(
+        method=method,
+        target=target,
+        path=normal_path,
+        query=query.decode("latin-1"),
+        version=version,
+        headers=Headers(fields),
+        host=host,
+        port=port,
+        server_port=server_port,
+        scheme=factory.scheme,
+        client_host=client_host,
+        client_port=client_port,
+        client_ip=client_ip(client_host, forwarded_for, gateway.trusted_proxies),
+        listener=factory.listener.name,
+        request_id=rid,
+        keep_alive=keep_alive,
+        content_length=None if chunked else content_length,
+        chunked=chunked,
+        expect_continue=expect,
+        received_at=factory.reactor.seconds(),
+        hop_by_hop=HOP_BY_HOP if connection is None else hop_by_hop_fields(connection),
+        upgrade=upgrade,
+        tls=tls,
+    )
+
+
+def fallback_request(
+    factory: HTTP11ServerFactory,
+    method: str,
+    target: bytes,
+    fields: list[tuple[bytes, bytes]],
+    client_host: str,
+    client_port: int,
+    server_port: int,
+    tls: Any = None,
+) -> Request:
+    """A request good enough to answer and log when a head was refused."""
+    return Request(
+        method=method,
+        target=target,
+        path="-",
+        headers=Headers(fields),
+        server_port=server_port,
+        scheme=factory.scheme,
+        client_host=client_host,
+        client_port=client_port,
+        listener=factory.listener.name,
+        request_id=new_request_id(),
+        keep_alive=False,
+        received_at=factory.reactor.seconds(),
+        tls=tls,
+    )
 
 
 def _describe(exc: Exception) -> str:

@@ -204,7 +204,12 @@ class UpstreamConnection(Protocol):
             raise InvalidResponse("response head too large")
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        status = parser.get_status_code()
+        if not 100 <= status <= 599:
+            raise InvalidResponse(f"status {status} out of range")
+        if parser.get_http_version() not in ("1.1", "1.0"):
+            raise InvalidResponse(f"HTTP version {parser.get_http_version()} in the status line")
         if status == 101:
             # The exchange decides whether it asked for this switch.
             self._switching = True
@@ -225,6 +230,10 @@ class UpstreamConnection(Protocol):
             if lower == b"content-length":
                 content_length = int(value)
             elif lower == b"transfer-encoding":
+                if value.strip().lower() != b"chunked" or chunked:
+                    # A coding the gateway cannot undo would reach the
+                    # client unannounced (nginx answers 502 too).
+                    raise InvalidResponse(f"unsupported Transfer-Encoding {value!r}")
                 chunked = True
             elif lower == b"connection":
                 if connection is None:
