@@ -4,7 +4,8 @@ A cheap re-armable timeout.
 Proxies re-arm timeouts constantly (every request, every body chunk). A
 L{Timer} keeps at most one C{DelayedCall}: moving the deadline later costs
 only a float assignment, and the call re-schedules itself when it fires
-early. Only moving the deadline earlier touches the reactor's heap.
+early. Only moving the deadline earlier touches the reactor's heap (a new
+call, never C{DelayedCall.reset}, which searches the heap linearly).
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ class Timer:
         if call is None:
             self._call = self._clock.callLater(delay, self._fire)
         elif call.getTime() > deadline:
-            call.reset(delay)
+            # Not call.reset(): moving a call earlier makes the reactor find
+            # it in its heap by a linear search, about 1 ms with 10,000 idle
+            # connections each holding a timer. A cancel is O(1) and a new
+            # call O(log n).
+            call.cancel()
+            self._call = self._clock.callLater(delay, self._fire)
 
     def clear(self) -> None:
         """Forget the deadline; the pending call, if any, will find nothing to do."""

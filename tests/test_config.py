@@ -339,7 +339,7 @@ class UnknownKeyTests(ConfigTestCase):
             self.problems("gateway:\n  limits: {zzz: 1}\n"),
             [
                 "gw.yaml:2:12: unknown key 'zzz'; expected one of: max_header_bytes,"
-                " max_body_bytes, max_uri_bytes, header_timeout, idle_timeout"
+                " max_body_bytes, max_uri_bytes, header_timeout, idle_timeout, body_timeout"
             ],
         )
 
@@ -487,10 +487,11 @@ class GatewayTests(ConfigTestCase):
                 max_uri_bytes: 4096
                 header_timeout: 500ms
                 idle_timeout: 2m
+                body_timeout: 20s
             """
         )
         self.assertEqual(
-            config.gateway.limits, Limits(32 * 1024, 1024**3, 4096, 0.5, 120.0)
+            config.gateway.limits, Limits(32 * 1024, 1024**3, 4096, 0.5, 120.0, 20.0)
         )
 
     def test_size_wrong_type(self) -> None:

@@ -6,9 +6,16 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatewaykit.config.model import Limits, RedirectAction, RespondAction
+from gatewaykit.config.model import Limits, RedirectAction, RespondAction, UpstreamTimeouts
 from gatewaykit.listeners.http import LINGER_SECONDS
-from gatewaykit.testing import GatewayHarness, make_config, parse_response, parse_responses, route
+from gatewaykit.testing import (
+    GatewayHarness,
+    make_config,
+    parse_response,
+    parse_responses,
+    route,
+    upstream,
+)
 
 OK = RespondAction(200, "ok")
 
@@ -263,3 +270,96 @@ class ConnectionReuseTests(SynchronousTestCase):
         protocol.dataReceived(get())
         protocol.drain()
         self.assertTrue(transport.write_closed)
+
+
+def post(path: bytes, length: int, body: bytes, extra: bytes = b"") -> bytes:
+    head = b"POST %s HTTP/1.1\r\nHost: example.com\r\nContent-Length: %d\r\n" % (path, length)
+    return head + extra + b"\r\n" + body
+
+
+class BodyTimeoutTests(SynchronousTestCase):
+    """body_timeout: a request body must keep coming (nginx's client_body_timeout)."""
+
+    def proxied(self, request: bytes, limits: Limits = Limits(body_timeout=2.0)):
+        """A proxy gateway (connect timeout 10 s) that got C{request}; the pieces."""
+        gateway = GatewayHarness(
+            make_config(
+                routes=[route("app", path_prefix="/", upstream="app")],
+                upstreams=[
+                    upstream("app", "10.0.0.1:8000", timeouts=UpstreamTimeouts(connect=10.0))
+                ],
+                limits=limits,
+            )
+        )
+        client, client_transport = gateway.connect()
+        client.dataReceived(request)
+        return gateway, client, client_transport
+
+    def test_stalled_proxied_body(self):
+        """A proxied body that stops gets 408, and the target is not blamed."""
+        gateway, _, client_transport = self.proxied(post(b"/x", 100, b"a" * 10))
+        _, upstream_transport = gateway.accept_upstream()
+        gateway.reactor.advance(1.9)
+        self.assertEqual(client_transport.value(), b"")
+        gateway.reactor.advance(0.2)
+        response = parse_response(client_transport.value())
+        self.assertEqual(response.status, 408)
+        self.assertEqual(json.loads(response.body)["type"], "urn:gatewaykit:error:request_timeout")
+        self.assertEqual(response.headers.get("connection"), b"close")
+        self.assertTrue(upstream_transport.disconnecting)
+        self.assertEqual(gateway.gateway.upstreams["app"].targets[0].failures, 0)
+
+    def test_each_piece_postpones(self):
+        """Each piece of body moves the deadline: a slow but steady body is not cut."""
+        gateway, client, client_transport = self.proxied(post(b"/x", 10, b""))
+        _, upstream_transport = gateway.accept_upstream()
+        for _ in range(10):
+            gateway.reactor.advance(1.5)
+            client.dataReceived(b"a")
+        self.assertEqual(client_transport.value(), b"")
+        self.assertTrue(upstream_transport.value().endswith(b"\r\n\r\n" + b"a" * 10))
+
+    def test_not_while_upstream_holds_back(self):
+        """While the upstream is slow to take the body (reading paused), the client is not cut."""
+        gateway, _, client_transport = self.proxied(post(b"/x", 100, b"a" * 10))
+        _, upstream_transport = gateway.accept_upstream()
+        upstream_transport.producer.pauseProducing()
+        gateway.reactor.advance(10)
+        self.assertEqual(client_transport.value(), b"")
+        upstream_transport.producer.resumeProducing()
+        gateway.reactor.advance(2.1)
+        self.assertEqual(parse_response(client_transport.value()).status, 408)
+
+    def test_expect_continue_waits_for_the_continue(self):
+        """With Expect: 100-continue, the deadline starts when 100 Continue is sent."""
+        request = post(b"/x", 100, b"", b"Expect: 100-continue\r\n")
+        gateway, _, client_transport = self.proxied(request)
+        gateway.reactor.advance(5)
+        self.assertEqual(client_transport.value(), b"")
+        gateway.accept_upstream()
+        self.assertEqual(client_transport.value(), b"HTTP/1.1 100 Continue\r\n\r\n")
+        gateway.reactor.advance(2.1)
+        response = parse_responses(client_transport.value())[-1]
+        self.assertEqual(response.status, 408)
+
+    def test_stalled_body_after_local_answer(self):
+        """A body still due after the gateway answered itself: the connection closes at body_timeout."""
+        gateway = harness(Limits(body_timeout=2.0, idle_timeout=60.0))
+        protocol, transport = gateway.connect()
+        protocol.dataReceived(post(b"/a", 100, b"a" * 10))
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        gateway.reactor.advance(1.9)
+        self.assertFalse(transport.write_closed or transport.disconnecting)
+        gateway.reactor.advance(0.2)
+        self.assertTrue(transport.write_closed or transport.disconnecting)
+
+    def test_complete_body_then_idle(self):
+        """Once the body is complete, the idle timeout applies, not body_timeout."""
+        gateway = harness(Limits(body_timeout=2.0, idle_timeout=5.0))
+        protocol, transport = gateway.connect()
+        protocol.dataReceived(post(b"/a", 10, b"a" * 10))
+        self.assertEqual(parse_response(transport.value()).status, 200)
+        gateway.reactor.advance(4.9)
+        self.assertFalse(transport.disconnecting)
+        gateway.reactor.advance(0.2)
+        self.assertTrue(transport.disconnecting)

@@ -42,6 +42,25 @@ class TimerTests(SynchronousTestCase):
         self.clock.advance(2)
         self.assertEqual(self.fired, [2])
 
+    def test_earlier_deadline_one_call(self):
+        """Moving the deadline earlier leaves one pending call, not the old one too."""
+        self.timer.set(10)
+        self.timer.set(2)
+        self.assertEqual([call.getTime() for call in self.clock.getDelayedCalls()], [2])
+
+    def test_earlier_deadline_never_resets(self):
+        """Moving the deadline earlier never uses DelayedCall.reset (a linear heap search)."""
+        self.timer.set(10)
+        call = self.clock.getDelayedCalls()[0]
+
+        def reset(seconds: float) -> None:
+            raise AssertionError("reset used")
+
+        call.reset = reset  # type: ignore[method-assign]
+        self.timer.set(2)
+        self.clock.advance(2)
+        self.assertEqual(self.fired, [2])
+
     def test_clear(self):
         """A cleared timer does not fire."""
         self.timer.set(1)

@@ -351,6 +351,7 @@ LIMITS = Section(
         "max_uri_bytes": size(minimum=1),
         "header_timeout": duration(),
         "idle_timeout": duration(),
+        "body_timeout": duration(),
     }
 ).into(Limits)
 

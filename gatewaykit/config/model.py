@@ -32,6 +32,8 @@ class Limits:
     max_uri_bytes: int = 8 * KiB
     header_timeout: float = 10.0
     idle_timeout: float = 60.0
+    # No byte of a request body for this long: 408 (nginx's client_body_timeout).
+    body_timeout: float = 60.0
 
 
 @frozen

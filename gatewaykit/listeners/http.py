@@ -148,6 +148,7 @@ class HTTP11Stream(ResponseMethods):
         if request.expect_continue and not self.head_sent and not self.body_done:
             request.expect_continue = False
             self._transport.write(_CONTINUE)
+            self._protocol._await_body()
 
     def _body_received(self, data: bytes) -> None:
         self.body_bytes += len(data)
@@ -518,6 +519,8 @@ class HTTP11ServerProtocol(Protocol):
             self._accepting = False
         self._current = stream
         self._streams.append(stream)
+        if not stream.body_done and not request.expect_continue:
+            self._await_body()
         if len(self._streams) == 1:
             self._dispatch(stream)
         else:
@@ -529,6 +532,7 @@ class HTTP11ServerProtocol(Protocol):
         stream = self._current
         if stream is None:
             return
+        self._timer.set(self._limits.body_timeout)
         if stream.body_bytes + len(body) > self._limits.max_body_bytes:
             self._refuse(
                 GatewayError(413, "body_too_large", "request body larger than allowed", close=True)
@@ -540,6 +544,8 @@ class HTTP11ServerProtocol(Protocol):
         self._current = None
         if stream is None:
             return
+        if stream.request.has_body:
+            self._timer.clear()  # the body timeout's
         stream._body_complete()
         if stream is self._discarding:
             self._discarding = None
@@ -548,6 +554,10 @@ class HTTP11ServerProtocol(Protocol):
     def _refuse(self, error: GatewayError) -> None:
         self._refusal = error
         raise _Refused(error)
+
+    def _await_body(self) -> None:
+        """The request body is due: each piece must come within body_timeout."""
+        self._timer.set(self._limits.body_timeout)
 
     # -- requests -------------------------------------------------------
 
@@ -641,6 +651,7 @@ class HTTP11ServerProtocol(Protocol):
             # Read the rest of the body (and throw it away) before going on.
             self._discarding = stream
             self._resume("pipeline")
+            self._await_body()
             return
         self._after_response(stream)
 
@@ -687,6 +698,17 @@ class HTTP11ServerProtocol(Protocol):
                     408, "request_timeout", "request head not received in time", close=True
                 )
             )
+        elif self._current is not None and not self._current.body_done:
+            if self._paused:
+                # We stopped reading (a pipelined request waits its turn, or
+                # the upstream is slow to take the body): not the client's delay.
+                self._await_body()
+            else:
+                self._parse_failed(
+                    GatewayError(
+                        408, "request_timeout", "request body not received in time", close=True
+                    )
+                )
         elif not self._streams:
             self.transport.loseConnection()
 
