@@ -5,7 +5,7 @@ formed, half formed and random, fed in random pieces.
 Whatever arrives, no exception escapes the protocol, every byte the client
 gets parses as a sequence of HTTP responses, and once the client stops
 sending, the connection ends by itself (nothing hangs). A longer run:
-C{GATEWAYKIT_FUZZ_EXAMPLES=200000 python -m twisted.trial tests.test_http_fuzz}
+C{GATEWAYKIT_FUZZ_EXAMPLES=20000 python -m twisted.trial tests.test_http_fuzz}
 (see C{docs/reliability.md}).
 """
 
