@@ -35,6 +35,7 @@ setup(
         "PyJWT[crypto]>=2.8",
         "libpass>=1.9",
         "bcrypt>=4",
+        "brotli>=1.1",
     ],
     extras_require={
         "dev": ["autobahn", "hypothesis", "mypy", "mypy-zope", "ruff"],

@@ -5,6 +5,11 @@ Each policy returns "go on" (C{None}) or an answer, now or later (a
 C{Deferred}); a policy that wants to see or change the response registers a
 hook or wraps the stream. Wrappers nest like middleware: the first policy
 listed is the outermost, so it sees the response last.
+
+An answer is a L{GatewayError}, a L{Response}, or any object with a
+C{write_to(stream)} method that writes a whole response itself (a cache
+hit: its stored head and body). A policy may also send a request of its
+own through the rest of the chain (L{PolicyCall.subrequest}).
 """
 
 from __future__ import annotations
@@ -92,7 +97,16 @@ class PolicyCall:
     @ivar values: free room for plugins, by their own keys.
     """
 
-    __slots__ = ("request", "stream", "identity", "session", "values", "_wrappers")
+    __slots__ = (
+        "request",
+        "stream",
+        "identity",
+        "session",
+        "values",
+        "_wrappers",
+        "_chain",
+        "_next",
+    )
 
     def __init__(self, request: Request, stream: IResponseStream) -> None:
         self.request = request
@@ -101,6 +115,8 @@ class PolicyCall:
         self.session: Any = None
         self.values: dict[str, Any] = {}
         self._wrappers: list[Callable[[Any], Any]] = []
+        self._chain: Optional[PolicyChain] = None
+        self._next = 0  # the index of the policy after the one running
 
     def on_response(self, hook: ResponseHook) -> None:
         """Call C{hook(status, fields)} on the response head; it may change C{fields}."""
@@ -109,6 +125,32 @@ class PolicyCall:
     def wrap_stream(self, wrap: Callable[[Any], Any]) -> None:
         """Have the response go through C{wrap(inner_stream)}."""
         self._wrappers.append(wrap)
+
+    def later_policies(self) -> tuple[IPolicy, ...]:
+        """
+        The policies that run after the running one for this request (a
+        cache asks a later compress policy which coding it will choose, so
+        as to key the variants it stores by that coding).
+        """
+        chain = self._chain
+        return chain.policies[self._next :] if chain is not None else ()
+
+    def subrequest(self, request: Request, stream: Any) -> None:
+        """
+        Send C{request}, a request of the running policy's own (a cache
+        refreshing an entry in the background), through the rest of this
+        chain: the policies after the running one, then the route's action,
+        which answer on C{stream}. Call it from C{on_request}, or before
+        the C{Deferred} that returned has fired.
+        """
+        chain = self._chain
+        if chain is None:
+            raise RuntimeError("this call is not running in a policy chain")
+        call = PolicyCall(request, stream)
+        call.identity = self.identity
+        call.session = self.session
+        call._chain = chain
+        chain._run(call, self._next)
 
     def outgoing_stream(self) -> Any:
         """
@@ -134,6 +176,7 @@ class PolicyChain:
 
     def handle(self, request: Request, stream: Any) -> None:
         call = PolicyCall(request, stream)
+        call._chain = self
         tls = request.tls
         if tls is not None and tls.client_cert is not None:
             # A verified client certificate is who the request is from,
@@ -146,6 +189,7 @@ class PolicyChain:
         while index < len(policies):
             policy = policies[index]
             index += 1
+            call._next = index
             try:
                 result = policy.on_request(call)
             except Exception:
@@ -182,6 +226,8 @@ class PolicyChain:
             if not any(name.lower() == b"x-request-id" for name, _ in fields):
                 fields.append((b"X-Request-ID", call.request.request_id.encode("ascii")))
             stream.respond(answer.status, fields, answer.body)
+        elif hasattr(answer, "write_to"):
+            answer.write_to(stream)
         else:
             raise TypeError(f"a policy answered {answer!r}, not a GatewayError or Response")
 

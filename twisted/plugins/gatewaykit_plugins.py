@@ -51,3 +51,5 @@ rewrite = LazyPolicyFactory("rewrite", "gatewaykit.policies.rewrite:RewriteFacto
 request_filter = LazyPolicyFactory(
     "request_filter", "gatewaykit.policies.request_filter:RequestFilterFactory"
 )
+cache = LazyPolicyFactory("cache", "gatewaykit.policies.cache:CacheFactory")
+compress = LazyPolicyFactory("compress", "gatewaykit.policies.compress:CompressFactory")
