@@ -81,3 +81,67 @@ class Timer:
             return
         self._deadline = None
         self._callback()
+
+
+class _Spent(Timer):
+    """A timer that ignores everything: what an owner keeps once it handed its timers back."""
+
+    __slots__ = ()
+
+    def set(self, delay: float) -> None:
+        pass
+
+
+SPENT: Timer = _Spent(None, _nothing)  # type: ignore[arg-type]  # its clock is never used
+"""Hold this in place of a timer handed back to a L{TimerPool}: a late use does nothing."""
+
+
+class TimerPool:
+    """
+    Timers for owners that live for one request, handed back when done
+    instead of cancelled.
+
+    Cancelling a timer takes its C{DelayedCall} out of the reactor, and the
+    next request's timer schedules a new one: a C{callLater} and a C{cancel}
+    per timer per request. A timer handed back keeps its pending call; the
+    next owner's deadline is nearly always later than that call, so arming
+    the timer again is a float assignment. The call fires at most once per
+    timeout period, finding no deadline (nothing to do) or a later one (it
+    re-schedules itself). At most C{size} idle timers are kept.
+    """
+
+    def __init__(self, clock: IReactorTime, size: int = 1024) -> None:
+        self._clock = clock
+        self._size = size
+        self._idle: list[Timer] = []
+        self._closed = False
+
+    def take(self, callback: Callable[[], object]) -> Timer:
+        """A timer, not armed, that calls C{callback}."""
+        idle = self._idle
+        if idle:
+            timer = idle.pop()
+            timer._callback = callback
+            return timer
+        return Timer(self._clock, callback)
+
+    def give_back(self, timer: Timer) -> None:
+        """
+        Take back C{timer} (disarmed, its callback dropped). Its owner must
+        not use it again: hold L{SPENT} instead.
+        """
+        if timer is SPENT:
+            return
+        if self._closed or len(self._idle) >= self._size:
+            timer.cancel()
+            return
+        timer._deadline = None
+        timer._callback = _nothing
+        self._idle.append(timer)
+
+    def close(self) -> None:
+        """Cancel the idle timers' pending calls; timers given back later are cancelled."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for timer in idle:
+            timer.cancel()

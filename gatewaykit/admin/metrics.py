@@ -17,15 +17,18 @@ L{merge_metrics} sums the expositions of several worker processes into one.
 from __future__ import annotations
 
 import weakref
+from bisect import bisect_left
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The exposition format served on C{/metrics}."""
@@ -84,25 +87,22 @@ class Metrics:
         """What the scrape-time families read (L{LocalState.live}); unset: nothing."""
         self.carried = CarriedCounters()
         """Counters of objects reloads replace, kept cumulative (one per process)."""
-        self.requests = Counter(
+        self.requests = HotCounter(
             "gatewaykit_requests",
             "Requests answered, by listener, route, upstream and status code.",
             ("listener", "route", "upstream", "code"),
-            registry=None,
         )
-        self.request_duration = Histogram(
+        self.request_duration = HotHistogram(
             "gatewaykit_request_duration_seconds",
             "Time from a request's head arriving to its response's end, by route.",
             ("route",),
-            buckets=DURATION_BUCKETS,
-            registry=None,
+            DURATION_BUCKETS,
         )
-        self.upstream_duration = Histogram(
+        self.upstream_duration = HotHistogram(
             "gatewaykit_upstream_request_duration_seconds",
             "Time from a request sent upstream to the response head, by upstream.",
             ("upstream",),
-            buckets=DURATION_BUCKETS,
-            registry=None,
+            DURATION_BUCKETS,
         )
         self.mirrors = Counter(
             "gatewaykit_mirror_requests",
@@ -144,8 +144,9 @@ class Metrics:
         children = self._labels.children.get(key)
         if children is None:
             children = self._labels.add(key)
-        children[0].inc()
-        children[1].observe(self._clock.seconds() - request.received_at)
+        count, durations = children
+        count.value += 1
+        durations.observe(self._clock.seconds() - request.received_at)
 
     def upstream_response(self, upstream: str, seconds: float) -> None:
         """Observe the time one target took to send a response head."""
@@ -174,13 +175,9 @@ class Metrics:
     def requests_by_route(self) -> dict[str, dict[str, int]]:
         """Requests so far by route name (C{""}: no route) and status code."""
         routes: dict[str, dict[str, int]] = {}
-        for family in self.requests.collect():
-            for sample in family.samples:
-                if not sample.name.endswith("_total"):
-                    continue
-                codes = routes.setdefault(sample.labels["route"], {})
-                code = sample.labels["code"]
-                codes[code] = codes.get(code, 0) + int(sample.value)
+        for (_, route, _, code), count in self.requests.children.items():
+            codes = routes.setdefault(route, {})
+            codes[code] = codes.get(code, 0) + count.value
         return routes
 
     def text(self) -> bytes:
@@ -230,6 +227,97 @@ class _WithoutCreated:
             for family in metric.collect():
                 family.samples = [s for s in family.samples if not s.name.endswith("_created")]
                 yield family
+
+
+# -- the per-request families ----------------------------------------------------
+#
+# prometheus-client's own Counter and Histogram take a lock for every
+# increment (for threads the gateway does not have): five lock round trips
+# and a Python loop over the buckets per proxied request. These keep plain
+# numbers, counted on the reactor thread, and build the same families when
+# scraped (also on the reactor thread).
+
+
+class _Count:
+    """One labelled counter's value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _Observations:
+    """One labelled histogram's counts per bucket (not cumulative) and sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: the bucket "le" that value falls in.
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class HotCounter:
+    """A labelled counter family for the hot path; C{labels(...)} gives a child."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.children: dict[tuple[str, ...], _Count] = {}
+
+    def labels(self, *values: str) -> _Count:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _Count()
+        return child
+
+    def collect(self) -> list[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            family.add_metric(values, child.value)
+        return [family]
+
+
+class HotHistogram:
+    """A labelled histogram family for the hot path; C{labels(...)} gives a child."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labelnames: tuple[str, ...],
+        buckets: Iterable[float],
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = labelnames
+        self.bounds = (*buckets, float("inf"))
+        self._le = [floatToGoString(bound) for bound in self.bounds]
+        self.children: dict[tuple[str, ...], _Observations] = {}
+
+    def labels(self, *values: str) -> _Observations:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = _Observations(self.bounds)
+        return child
+
+    def collect(self) -> list[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in self.children.items():
+            cumulative = []
+            total = 0
+            for le, count in zip(self._le, child.counts, strict=True):
+                total += count
+                cumulative.append((le, total))
+            family.add_metric(values, cumulative, child.sum)
+        return [family]
 
 
 class _GatewayLabels:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import re
+from binascii import hexlify
 from typing import Optional, Sequence
 
 from gatewaykit.config.model import Network
@@ -51,7 +52,7 @@ _random_bits = random.getrandbits
 
 def new_request_id() -> str:
     """A random request id: 32 hex digits."""
-    return "%032x" % _random_bits(128)
+    return _random_bits(128).to_bytes(16, "big").hex()
 
 
 def is_sane_request_id(value: bytes) -> bool:
@@ -72,7 +73,9 @@ def is_valid_traceparent(value: bytes) -> bool:
 
 def new_traceparent() -> bytes:
     """A traceparent starting a new, sampled trace."""
-    return b"00-%032x-%016x-01" % (_random_bits(128) or 1, _random_bits(64) or 1)
+    trace = (_random_bits(128) or 1).to_bytes(16, "big")
+    parent = (_random_bits(64) or 1).to_bytes(8, "big")
+    return b"00-" + hexlify(trace) + b"-" + hexlify(parent) + b"-01"
 
 
 def client_ip(peer: str, forwarded_for: Sequence[bytes], trusted: Sequence[Network]) -> str:
@@ -116,6 +119,9 @@ class UpstreamHeadBuilder:
     def __init__(self, node: str, trusted: Sequence[Network]) -> None:
         self._via = b"1.1 " + node.encode("ascii", "replace")
         self._trusted = tuple(trusted)
+        # "X-Forwarded-Proto: ...\r\n" and "X-Forwarded-Port: ...\r\n" by
+        # (scheme, port): a listener's are the same on every request.
+        self._listener_fields: dict[tuple[str, int], tuple[bytes, bytes]] = {}
 
     def build(
         self, request: Request, uri: bytes, host: Optional[bytes], upgrade: bool = False
@@ -127,16 +133,16 @@ class UpstreamHeadBuilder:
         With C{upgrade}, the client's C{Upgrade} is passed on (with
         C{Connection: Upgrade}) so the upstream may switch protocols.
         """
-        raw = request.headers.raw
         drop = request.hop_by_hop
-        keep_forwarded = is_trusted(request.client_host, self._trusted)
-        lines = [request.method.encode("ascii") + b" " + uri + b" HTTP/1.1\r\n"]
-        append = lines.append
+        keep_forwarded = bool(self._trusted) and is_trusted(request.client_host, self._trusted)
+        # Pieces joined once at the end, rather than a bytes object per line.
+        out = [request.method.encode("ascii"), b" ", uri, b" HTTP/1.1\r\n"]
         forwarded_for: list[bytes] = []
         via: list[bytes] = []
         traceparent = None
         kept_forwarded: set[bytes] = set()
-        for name, value in raw:
+        original_host: Optional[bytes] = None
+        for name, value in request.headers.raw:
             lower = name.lower()
             if lower in drop:
                 continue
@@ -149,46 +155,53 @@ class UpstreamHeadBuilder:
                     traceparent = value
                 elif keep_forwarded and lower in _FORWARDED_TRUSTED:
                     kept_forwarded.add(lower)
-                    append(name + b": " + value + b"\r\n")
+                    out += (name, b": ", value, b"\r\n")
                 continue
             if lower == b"host":
-                if host is not None:
-                    value = host
-                append(b"Host: " + value + b"\r\n")
+                if original_host is None:
+                    original_host = value
+                out += (b"Host: ", value if host is None else host, b"\r\n")
                 continue
-            append(name + b": " + value + b"\r\n")
-        if host is not None and request.headers.get(b"host") is None:
-            append(b"Host: " + host + b"\r\n")
-        client = request.client_host.encode("ascii")
-        forwarded_for.append(client)
-        append(b"X-Forwarded-For: " + b", ".join(forwarded_for) + b"\r\n")
+            out += (name, b": ", value, b"\r\n")
+        if host is not None and original_host is None:
+            out += (b"Host: ", host, b"\r\n")
+        forwarded_for.append(request.client_host.encode("ascii"))
+        out += (b"X-Forwarded-For: ", b", ".join(forwarded_for), b"\r\n")
+        proto, port = self._forwarded_proto_port(request.scheme, request.server_port)
         if b"x-forwarded-proto" not in kept_forwarded:
-            append(b"X-Forwarded-Proto: " + request.scheme.encode("ascii") + b"\r\n")
-        if b"x-forwarded-host" not in kept_forwarded:
-            original = request.headers.get(b"host")
-            if original is not None:
-                append(b"X-Forwarded-Host: " + original + b"\r\n")
+            out.append(proto)
+        if b"x-forwarded-host" not in kept_forwarded and original_host is not None:
+            out += (b"X-Forwarded-Host: ", original_host, b"\r\n")
         if b"x-forwarded-port" not in kept_forwarded:
-            append(b"X-Forwarded-Port: %d\r\n" % request.server_port)
+            out.append(port)
         tls = request.tls
         if tls is not None and tls.client_cert is not None:
-            append(tls.client_cert.upstream_fields)
-        append(b"X-Request-ID: " + request.request_id.encode("ascii") + b"\r\n")
+            out.append(tls.client_cert.upstream_fields)
+        out += (b"X-Request-ID: ", request.request_id.encode("ascii"), b"\r\n")
         if traceparent is None or not is_valid_traceparent(traceparent):
             traceparent = new_traceparent()
-        append(b"traceparent: " + traceparent + b"\r\n")
+        out += (b"traceparent: ", traceparent, b"\r\n")
         via.append(self._via)
-        append(b"Via: " + b", ".join(via) + b"\r\n")
+        out += (b"Via: ", b", ".join(via), b"\r\n")
         if upgrade:
             offered = request.headers.get(b"upgrade")
             if offered is not None:
-                append(b"Connection: Upgrade\r\nUpgrade: " + offered + b"\r\n")
+                out += (b"Connection: Upgrade\r\nUpgrade: ", offered, b"\r\n")
         if request.chunked:
-            append(b"Transfer-Encoding: chunked\r\n")
+            out.append(b"Transfer-Encoding: chunked\r\n")
         elif request.content_length is not None:
-            append(b"Content-Length: %d\r\n" % request.content_length)
-        append(b"\r\n")
-        return b"".join(lines)
+            out.append(b"Content-Length: %d\r\n" % request.content_length)
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def _forwarded_proto_port(self, scheme: str, port: int) -> tuple[bytes, bytes]:
+        fields = self._listener_fields.get((scheme, port))
+        if fields is None:
+            fields = self._listener_fields[(scheme, port)] = (
+                b"X-Forwarded-Proto: " + scheme.encode("ascii") + b"\r\n",
+                b"X-Forwarded-Port: %d\r\n" % port,
+            )
+        return fields
 
 
 def downstream_fields(

@@ -44,6 +44,18 @@ class ResponseMethods:
         """The C{Date} value for a response made by the gateway."""
         raise NotImplementedError
 
+    def hold(self) -> None:
+        """
+        Keep what is written from now on and send it as one piece at
+        L{release} (or when the response ends): an upstream connection holds
+        its client's stream while it parses one read, so a response head and
+        the body that came with it leave in one C{send}. Streams that send
+        nothing themselves ignore it.
+        """
+
+    def release(self) -> None:
+        """Send what was kept since L{hold}."""
+
     def respond(
         self, status: int, fields: list[tuple[bytes, bytes]], body: bytes = b""
     ) -> None:
@@ -137,6 +149,12 @@ class StreamWrapper(ResponseMethods):
 
     def abort(self) -> None:
         self.inner.abort()
+
+    def hold(self) -> None:
+        self.inner.hold()
+
+    def release(self) -> None:
+        self.inner.release()
 
     def date(self) -> bytes:
         return bytes(self.inner.date())

@@ -31,9 +31,22 @@ def reason_for(status: int) -> bytes:
     return REASONS.get(status, b"Unknown")
 
 
+# hop_by_hop_fields by Connection values: nearly every message has one of a
+# few ("keep-alive", "close"), so the set is made once for each.
+_HOP_BY_HOP_SETS: dict[tuple[bytes, ...], frozenset[bytes]] = {}
+_MAX_HOP_BY_HOP_SETS = 256
+
+
 def hop_by_hop_fields(connection_values: Iterable[bytes]) -> frozenset[bytes]:
     """The fields not to forward, given the values of the C{Connection} fields."""
-    return HOP_BY_HOP | connection_tokens(connection_values)
+    values = tuple(connection_values)
+    fields = _HOP_BY_HOP_SETS.get(values)
+    if fields is None:
+        fields = HOP_BY_HOP | connection_tokens(values)
+        if len(_HOP_BY_HOP_SETS) >= _MAX_HOP_BY_HOP_SETS:
+            _HOP_BY_HOP_SETS.clear()  # values made up by a client: start over
+        _HOP_BY_HOP_SETS[values] = fields
+    return fields
 
 
 def connection_tokens(values: Iterable[bytes]) -> set[bytes]:

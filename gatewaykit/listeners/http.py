@@ -38,6 +38,7 @@ from gatewaykit.http.wire import (
 from gatewaykit.interfaces import IResponseStream
 from gatewaykit.routing.paths import BadPath, normalise_path
 from gatewaykit.timer import Timer
+from gatewaykit.writethrough import write as write_through
 
 if TYPE_CHECKING:
     from gatewaykit.gateway import Gateway
@@ -109,6 +110,7 @@ class HTTP11Stream(ResponseMethods):
         self._chunked = False
         self._no_body = False
         self._producing = False
+        self._held: Optional[list[bytes]] = None  # see hold()
 
     # -- request body ---------------------------------------------------
 
@@ -147,7 +149,7 @@ class HTTP11Stream(ResponseMethods):
         request = self.request
         if request.expect_continue and not self.head_sent and not self.body_done:
             request.expect_continue = False
-            self._transport.write(_CONTINUE)
+            self._send(_CONTINUE)
             self._protocol._await_body()
 
     def _body_received(self, data: bytes) -> None:
@@ -204,7 +206,7 @@ class HTTP11Stream(ResponseMethods):
             self._no_body = True
             lines.append(serialize_fields(fields))
             lines.append(b"\r\n")
-            self._transport.write(b"".join(lines))
+            self._send(b"".join(lines))
             return
         if request.method == "HEAD" or status in (204, 304) or status < 200:
             self._no_body = True
@@ -225,7 +227,7 @@ class HTTP11Stream(ResponseMethods):
         lines.append(serialize_fields(fields))
         lines.append(protocol.factory.added_fields)
         lines.append(b"\r\n")
-        self._transport.write(b"".join(lines))
+        self._send(b"".join(lines))
 
     def write(self, data: bytes) -> None:
         """Send a piece of the response body."""
@@ -233,9 +235,9 @@ class HTTP11Stream(ResponseMethods):
             return
         self.bytes_sent += len(data)
         if self._chunked:
-            self._transport.writeSequence(chunk(data))
+            self._send(b"".join(chunk(data)))
         else:
-            self._transport.write(data)
+            self._send(data)
 
     def finish(self) -> None:
         """End the response."""
@@ -246,7 +248,8 @@ class HTTP11Stream(ResponseMethods):
             return
         self.unregisterProducer()
         if self._chunked:
-            self._transport.write(LAST_CHUNK)
+            self._send(LAST_CHUNK)
+        self.release()
         self._protocol._stream_finished(self)
 
     def abort(self) -> None:
@@ -259,11 +262,13 @@ class HTTP11Stream(ResponseMethods):
             return
         self.finished = True
         if not self.lost:
+            self.release()
             self.unregisterProducer()
             self._protocol._stream_finished(self, complete=False)
 
     def hand_over(self, tunnel: Any) -> None:
         """After a 101 went out, this connection carries C{tunnel}'s bytes."""
+        self.release()
         self.unregisterProducer()
         self._protocol.hand_over(self, tunnel)
 
@@ -296,8 +301,25 @@ class HTTP11Stream(ResponseMethods):
             if not self.lost:
                 self._transport.unregisterProducer()
 
+    def hold(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def release(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            write_through(self._transport, held[0] if len(held) == 1 else b"".join(held))
+
+    def _send(self, data: bytes) -> None:
+        held = self._held
+        if held is None:
+            write_through(self._transport, data)
+        else:
+            held.append(data)
+
     def _connection_lost(self) -> None:
         self.lost = True
+        self._held = None
         if self.finished:
             return
         handler = self.handler
@@ -894,8 +916,23 @@ def _describe(exc: Exception) -> str:
     return f"malformed request: {text}"
 
 
+# _split_host by Host value: a listener sees few distinct ones.
+_HOSTS: dict[bytes, tuple[str, Optional[int]]] = {}
+_MAX_HOSTS = 1024
+
+
 def _split_host(value: bytes) -> tuple[str, Optional[int]]:
     """The lower-case host name and the port of a C{Host} value; 400 if invalid."""
+    split = _HOSTS.get(value)
+    if split is None:
+        split = _parse_host(value)
+        if len(_HOSTS) >= _MAX_HOSTS:
+            _HOSTS.clear()  # made-up names must not grow it: start over
+        _HOSTS[value] = split
+    return split
+
+
+def _parse_host(value: bytes) -> tuple[str, Optional[int]]:
     if not _HOST.match(value):
         raise bad_request("invalid Host field")
     port: Optional[int] = None

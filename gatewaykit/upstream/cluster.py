@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from gatewaykit.config.model import UpstreamConfig
 from gatewaykit.interfaces import IBalancer, IBalancerFactory, IStateStore, ITarget
+from gatewaykit.timer import TimerPool
 from gatewaykit.upstream.pool import ConnectionPool
 from gatewaykit.upstream.target import Target
 
@@ -73,6 +74,7 @@ class Upstream:
     @ivar in_flight: requests (or tunnels) in progress.
     @ivar pending: requests waiting for a new connection to a target.
     @ivar retry_budget: the L{RetryBudget} retries (but connect failures) spend.
+    @ivar timers: the L{TimerPool} of the requests proxied here.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class Upstream:
         self.in_flight = 0
         self.pending = 0
         self.retry_budget = RetryBudget(config.retries.budget_percent, reactor)
+        self.timers = TimerPool(reactor)
 
     def start(self) -> None:
         """Start active health checks (when configured)."""
@@ -129,6 +132,7 @@ class Upstream:
         if self.outlier is not None:
             self.outlier.stop()
         self.pool.close()
+        self.timers.close()
 
     def pick(self, request: Any, exclude: Collection[ITarget] = ()) -> Optional[ITarget]:
         """An available target for C{request}, not in C{exclude} when possible."""

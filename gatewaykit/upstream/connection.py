@@ -42,8 +42,10 @@ class UpstreamConnection(Protocol):
     C{response_head(status, reason, fields, content_length, hop_by_hop)},
     C{response_body(data)}, C{response_complete()} or
     C{upstream_failed(reason)}, and C{touch()} when the client resumes
-    reading. As an C{IPushProducer} the connection stops reading from the
-    upstream while the client is slow.
+    reading. Each read is parsed between C{hold_response()} and
+    C{release_response()}, so what it writes to its client can go as one.
+    As an C{IPushProducer} the connection stops reading from the upstream
+    while the client is slow.
 
     A C{101 Switching Protocols} answer ends its HTTP life: the exchange
     gets C{switched(connection, bytes_after_head)} and hands the connection
@@ -143,17 +145,20 @@ class UpstreamConnection(Protocol):
         if tunnel is not None:
             tunnel.upstream_data(data)
             return
-        if self.exchange is None:
+        exchange = self.exchange
+        if exchange is None:
             # Bytes nobody asked for: the connection is not safe to reuse.
             self.reusable = False
             self.transport.loseConnection()
             return
+        # Whatever this read makes the exchange write to its client (a head
+        # and the body that came with it) leaves in one piece.
+        exchange.hold_response()
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            exchange = self.exchange
-            if self._switching and exchange is not None:
-                exchange.switched(self, data[exc.args[0] :])
+            if self._switching and self.exchange is not None:
+                self.exchange.switched(self, data[exc.args[0] :])
             else:
                 self._invalid("unexpected protocol switch from upstream")
         except httptools.HttpParserError as exc:
@@ -168,6 +173,8 @@ class UpstreamConnection(Protocol):
             else:
                 reason = exc.__context__ if isinstance(exc.__context__, InvalidResponse) else exc
                 self._invalid(str(reason) or "malformed response")
+        finally:
+            exchange.release_response()
 
     def _invalid(self, message: str) -> None:
         exchange = self.exchange

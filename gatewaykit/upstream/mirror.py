@@ -254,6 +254,14 @@ class MirrorExchange:
     def response_body(self, data: bytes) -> None:
         self.touch()
 
+    # Nothing is written anywhere: nothing to hold.
+
+    def hold_response(self) -> None:
+        pass
+
+    def release_response(self) -> None:
+        pass
+
     def response_complete(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:

@@ -17,12 +17,13 @@ from gatewaykit.http.forwarding import UpstreamHeadBuilder, downstream_fields
 from gatewaykit.http.message import Headers, Request
 from gatewaykit.http.wire import LAST_CHUNK, chunk
 from gatewaykit.interfaces import IRouteAction
-from gatewaykit.timer import Timer
+from gatewaykit.timer import SPENT
 from gatewaykit.tunnel.splice import Splice
 from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.connection import InvalidResponse, UpstreamConnection
 from gatewaykit.upstream.sticky import StickySession
 from gatewaykit.upstream.target import Target
+from gatewaykit.writethrough import write as write_through
 
 # Methods a stale pooled connection may be retried for (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -92,8 +93,9 @@ class ProxyExchange:
         self._response_started = False
         self._done = False
         self._sent_at = 0.0
-        self._idle = Timer(action.clock, self._idle_expired)
-        self._response_timer = Timer(action.clock, self._response_expired)
+        timers = action.upstream.timers
+        self._idle = timers.take(self._idle_expired)
+        self._response_timer = timers.take(self._response_expired)
 
     def start(self) -> None:
         """Refuse at once if the upstream is overloaded, else make the first attempt."""
@@ -225,7 +227,8 @@ class ProxyExchange:
         if host is None and request.host == "":
             # HTTP/1.0 without Host: HTTP/1.1 upstream needs one (as nginx's $proxy_host).
             host = self.target.address.encode("ascii")
-        transport.write(self._action.head_builder.build(request, uri, host, self._upgrade))
+        head = self._action.head_builder.build(request, uri, host, self._upgrade)
+        write_through(transport, head)
         self._sent_at = self._action.clock.seconds()
         if request.has_body:
             self._body_attached = True
@@ -269,16 +272,16 @@ class ProxyExchange:
             return
         self._idle.set(self._action.idle_timeout)
         if self._request.chunked:
-            connection.transport.writeSequence(chunk(data))
+            write_through(connection.transport, b"".join(chunk(data)))
         else:
-            connection.transport.write(data)
+            write_through(connection.transport, data)
 
     def body_complete(self) -> None:
         connection = self._connection
         if self._done or connection is None:
             return
         if self._request.chunked:
-            connection.transport.write(LAST_CHUNK)
+            write_through(connection.transport, LAST_CHUNK)
         connection.transport.unregisterProducer()
         self._request_sent = True
         self._expect_response()
@@ -386,6 +389,12 @@ class ProxyExchange:
         self._idle.set(self._action.idle_timeout)
         self._stream.write(data)
 
+    def hold_response(self) -> None:
+        self._stream.hold()
+
+    def release_response(self) -> None:
+        self._stream.release()
+
     def response_complete(self) -> None:
         connection = self._connection
         self._connection = None
@@ -483,8 +492,10 @@ class ProxyExchange:
         if self._done:
             return
         self._done = True
-        self._idle.cancel()
-        self._response_timer.cancel()
+        timers = self._upstream.timers
+        timers.give_back(self._idle)
+        timers.give_back(self._response_timer)
+        self._idle = self._response_timer = SPENT
         # The stream no longer needs us: let both be freed by refcount.
         self._stream.handler = None
         self._stream.detach_body_sink()
