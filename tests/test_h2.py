@@ -545,6 +545,58 @@ class LimitTests(SynchronousTestCase):
         self.assertEqual(reply.reset, ErrorCodes.NO_ERROR)
         self.assertTrue(app.transport.disconnecting)
 
+    def test_stalled_body_timeout(self):
+        """A request body that stops arriving gets 408 at body_timeout; the connection stays."""
+        gateway = harness(Limits(body_timeout=5))
+        client = H2Client(gateway)
+        stream_id = client.open(b"/up", b"POST", ((b"content-length", b"100"),), end=False)
+        app = Upstream(gateway)
+        client.send(stream_id, b"x" * 10)
+        gateway.reactor.advance(4)
+        client.send(stream_id, b"y" * 10)
+        gateway.reactor.advance(4)
+        self.assertEqual(client.replies.get(stream_id, Reply()).status, 0)
+        gateway.reactor.advance(2)
+        client.pump()
+        reply = client.replies[stream_id]
+        self.assertEqual(reply.status, 408)
+        self.assertEqual(reply.reset, ErrorCodes.NO_ERROR)
+        self.assertTrue(app.transport.disconnecting)  # the upstream never got a whole body
+        self.assertFalse(client.transport.disconnecting)
+        self.assertEqual(client.get().status, 200)
+
+    def test_body_timeout_not_while_held_back(self):
+        """While the gateway holds the body back (slow upstream), the client is not timed."""
+        gateway = harness(Limits(body_timeout=5))
+        client = H2Client(gateway)
+        stream_id = client.open(b"/up", b"POST", ((b"content-length", b"%d" % MiB),), end=False)
+        app = Upstream(gateway)
+        client.send(stream_id, b"a" * 32 * KiB)
+        app.transport.producer.pauseProducing()  # the upstream's buffer is full
+        client.send(stream_id, b"b" * 32 * KiB)  # held, not acknowledged
+        gateway.reactor.advance(60)
+        self.assertEqual(client.replies.get(stream_id, Reply()).status, 0)
+        app.transport.producer.resumeProducing()
+        client.pump()
+        gateway.reactor.advance(6)
+        client.pump()
+        self.assertEqual(client.replies[stream_id].status, 408)
+
+    def test_body_timeout_cancelled_when_done(self):
+        """A body that completes leaves no timer behind."""
+        gateway = harness(Limits(body_timeout=5))
+        client = H2Client(gateway)
+        stream_id = client.open(b"/up", b"POST", ((b"content-length", b"5"),), end=False)
+        app = Upstream(gateway)
+        client.send(stream_id, b"hello", end=True)
+        self.assertTrue(app.received().endswith(b"hello"))
+        gateway.reactor.advance(10)
+        client.pump()
+        self.assertEqual(client.replies.get(stream_id, Reply()).status, 0)
+        app.respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.pump()
+        self.assertEqual(client.replies[stream_id].status, 200)
+
     def test_idle_timeout(self):
         """An idle connection gets GOAWAY and is closed."""
         gateway = harness(Limits(idle_timeout=5))

@@ -189,6 +189,7 @@ class H2Stream(ResponseMethods):
         self._body_paused = False
         self._body_error: Optional[GatewayError] = None
         self._unacked = 0  # flow-controlled bytes received and not acknowledged
+        self._body_timer: Optional[Timer] = None  # see _watch_body
         # response body
         self._no_body = False
         self._pending: deque[bytes | memoryview] = deque()  # held back by the windows
@@ -221,6 +222,7 @@ class H2Stream(ResponseMethods):
     def pause_body(self) -> None:
         """Stop taking the request body: the client's window for it closes."""
         self._body_paused = True
+        self._watch_body()
 
     def resume_body(self) -> None:
         """Take the request body again (and reopen the client's window)."""
@@ -235,6 +237,7 @@ class H2Stream(ResponseMethods):
         if request.expect_continue and not self.head_sent and not self.body_done:
             request.expect_continue = False
             self._protocol._send_headers(self, [(b":status", b"100")])
+            self._watch_body()
 
     def _data_received(self, data: bytes, limit: int) -> None:
         self._unacked += len(data)
@@ -266,6 +269,7 @@ class H2Stream(ResponseMethods):
             data = held.popleft()
             protocol._acknowledge(self, len(data))
             self._sink.body_received(data)
+        self._watch_body()
         sink = self._sink
         if sink is None or self._sink_told or held:
             return
@@ -275,6 +279,36 @@ class H2Stream(ResponseMethods):
         elif self.body_done:
             self._sink_told = True
             sink.body_complete()
+
+    def _watch_body(self) -> None:
+        """
+        Each piece of a request body the client owes must come within
+        C{body_timeout} (408), as over HTTP/1.1. The clock runs only while
+        the client is free to send: not while the gateway holds back what
+        came (a paused or not yet attached sink keeps the window shut) nor
+        before a C{100 Continue} it waits for.
+        """
+        timer = self._body_timer
+        if self.body_done or self.finished or self.lost or self._body_error is not None:
+            self._stop_watching_body()
+            return
+        if self._body_paused or self._held or self.request.expect_continue:
+            if timer is not None:
+                timer.clear()
+            return
+        if timer is None:
+            timer = self._body_timer = Timer(self._protocol.factory.reactor, self._body_late)
+        timer.set(self._protocol.factory.gateway.limits.body_timeout)
+
+    def _stop_watching_body(self) -> None:
+        timer, self._body_timer = self._body_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _body_late(self) -> None:
+        self._body_failed(
+            GatewayError(408, "request_timeout", "request body not received in time")
+        )
 
     # -- response -------------------------------------------------------
 
@@ -375,6 +409,7 @@ class H2Stream(ResponseMethods):
         self._pending.clear()
         self._pending_bytes = 0
         self._held.clear()
+        self._watch_body()
         producer = self._producer
         self.unregisterProducer()
         if self.finished:
@@ -622,6 +657,7 @@ class H2ServerProtocol(Protocol):
             stream.send_error(error)
         else:
             gateway.dispatch(stream)
+            stream._watch_body()
 
     def _request(
         self, headers: list[Any], gateway: Gateway, body_follows: bool
@@ -911,6 +947,7 @@ class H2ServerProtocol(Protocol):
             return
         self._waiting.pop(stream, None)
         stream._held.clear()
+        stream._stop_watching_body()
         unacked, stream._unacked = stream._unacked, 0
         if unacked:
             # The stream is closed, so this reopens the connection's window only.
