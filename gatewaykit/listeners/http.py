@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatewaykit.batched_write import write as batched_write
 from gatewaykit.config.model import ListenerConfig
 from gatewaykit.http.errors import GatewayError, bad_request
 from gatewaykit.http.forwarding import client_ip, is_sane_request_id, new_request_id
@@ -38,7 +39,6 @@ from gatewaykit.http.wire import (
 from gatewaykit.interfaces import IResponseStream
 from gatewaykit.routing.paths import BadPath, normalise_path
 from gatewaykit.timer import Timer
-from gatewaykit.writethrough import write as write_through
 
 if TYPE_CHECKING:
     from gatewaykit.gateway import Gateway
@@ -308,12 +308,12 @@ class HTTP11Stream(ResponseMethods):
     def release(self) -> None:
         held, self._held = self._held, None
         if held:
-            write_through(self._transport, held[0] if len(held) == 1 else b"".join(held))
+            batched_write(self._transport, held[0] if len(held) == 1 else b"".join(held))
 
     def _send(self, data: bytes) -> None:
         held = self._held
         if held is None:
-            write_through(self._transport, data)
+            batched_write(self._transport, data)
         else:
             held.append(data)
 

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatewaykit.batched_write import write as batched_write
 from gatewaykit.config.model import WebSocketConfig
 from gatewaykit.http.errors import GatewayError
 from gatewaykit.http.forwarding import UpstreamHeadBuilder, downstream_fields
@@ -23,7 +24,6 @@ from gatewaykit.upstream.cluster import Upstream
 from gatewaykit.upstream.connection import InvalidResponse, UpstreamConnection
 from gatewaykit.upstream.sticky import StickySession
 from gatewaykit.upstream.target import Target
-from gatewaykit.writethrough import write as write_through
 
 # Methods a stale pooled connection may be retried for (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -228,7 +228,7 @@ class ProxyExchange:
             # HTTP/1.0 without Host: HTTP/1.1 upstream needs one (as nginx's $proxy_host).
             host = self.target.address.encode("ascii")
         head = self._action.head_builder.build(request, uri, host, self._upgrade)
-        write_through(transport, head)
+        batched_write(transport, head)
         self._sent_at = self._action.clock.seconds()
         if request.has_body:
             self._body_attached = True
@@ -272,16 +272,16 @@ class ProxyExchange:
             return
         self._idle.set(self._action.idle_timeout)
         if self._request.chunked:
-            write_through(connection.transport, b"".join(chunk(data)))
+            batched_write(connection.transport, b"".join(chunk(data)))
         else:
-            write_through(connection.transport, data)
+            batched_write(connection.transport, data)
 
     def body_complete(self) -> None:
         connection = self._connection
         if self._done or connection is None:
             return
         if self._request.chunked:
-            write_through(connection.transport, LAST_CHUNK)
+            batched_write(connection.transport, LAST_CHUNK)
         connection.transport.unregisterProducer()
         self._request_sent = True
         self._expect_response()

@@ -1,5 +1,5 @@
 """
-Tests for L{gatewaykit.writethrough}: on real loopback TCP connections, since
+Tests for L{gatewaykit.batched_write}: on real loopback TCP connections, since
 what it changes is how bytes reach a real socket.
 """
 
@@ -12,10 +12,12 @@ from typing import Any
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gatewaykit.writethrough import write
+from gatewaykit import batched_write
+from gatewaykit.batched_write import write
 
 
 class Collector(Protocol):
@@ -55,7 +57,7 @@ class Sender(Protocol):
         self.lost.callback(None)
 
 
-class WriteThroughTests(TestCase):
+class BatchedWriteTests(TestCase):
     """L{write} on a plain TCP transport."""
 
     @inlineCallbacks
@@ -77,12 +79,20 @@ class WriteThroughTests(TestCase):
             yield self.sender.lost
         yield self.collector.lost
 
+    def next_turn(self) -> Deferred[None]:
+        """Fires after the reactor's next iteration (after the batch is sent)."""
+        return deferLater(reactor, 0, lambda: None)
+
     @inlineCallbacks
-    def test_sent_at_once(self) -> Any:
-        """With nothing queued, the bytes go to the socket at once, nothing is buffered."""
-        write(self.transport, b"hello")
+    def test_sent_at_end_of_iteration(self) -> Any:
+        """Bytes wait in the transport's buffer, unregistered, and go out in one send."""
+        write(self.transport, b"hel")
+        write(self.transport, b"lo")
+        self.assertEqual(self.transport._tempDataLen, 5)
+        self.assertNotIn(self.transport, reactor.getWriters())
+        yield self.next_turn()
         self.assertEqual((self.transport.dataBuffer, self.transport._tempDataLen), (b"", 0))
-        self.assertFalse(self.transport in reactor.getWriters())
+        self.assertNotIn(self.transport, reactor.getWriters())
         self.assertEqual((yield self.collector.expect(5)), b"hello")
 
     @inlineCallbacks
@@ -93,16 +103,24 @@ class WriteThroughTests(TestCase):
         self.assertEqual((yield self.collector.expect(12)), b"first second")
 
     @inlineCallbacks
+    def test_before_other_writes(self) -> Any:
+        """A direct transport.write after a batched one comes after it."""
+        write(self.transport, b"first ")
+        self.transport.write(b"second")
+        self.assertEqual((yield self.collector.expect(12)), b"first second")
+
+    @inlineCallbacks
     def test_more_than_the_socket_takes(self) -> Any:
-        """What the socket does not take is buffered by the transport and follows in order."""
+        """What the socket does not take is left to the transport and follows in order."""
         data = bytes(range(256)) * (32 * 1024)  # 8 MiB, more than a loopback socket buffer
         write(self.transport, data)
-        self.assertGreater(self.transport._tempDataLen, 0)
+        batched_write._flush()
+        self.assertIn(self.transport, reactor.getWriters())
         write(self.transport, b"end")
         self.assertEqual((yield self.collector.expect(len(data) + 3)), data + b"end")
 
-    def failing_send(self, errno: int) -> None:
-        """Make the transport's socket's C{send} fail with C{errno} for this test."""
+    def failing_send(self, errno: int) -> Any:
+        """Make the transport's socket's C{send} fail with C{errno}; returns the undo."""
         real = self.transport.socket
 
         class Failing:
@@ -113,19 +131,26 @@ class WriteThroughTests(TestCase):
                 return getattr(real, name)
 
         self.transport.socket = Failing()
-        self.addCleanup(setattr, self.transport, "socket", real)
+        return lambda: setattr(self.transport, "socket", real)
 
-    def test_socket_full(self) -> None:
-        """EAGAIN from send: the bytes are queued on the transport."""
-        self.failing_send(errno.EAGAIN)
+    @inlineCallbacks
+    def test_socket_full(self) -> Any:
+        """EAGAIN from send: the bytes stay queued and the transport waits to write."""
+        undo = self.failing_send(errno.EAGAIN)
         write(self.transport, b"queued")
-        self.assertEqual(self.transport._tempDataBuffer, [b"queued"])
+        batched_write._flush()
+        self.assertEqual(self.transport._tempDataBuffer + [self.transport.dataBuffer], [b"queued"])
+        self.assertIn(self.transport, reactor.getWriters())
+        undo()
+        self.assertEqual((yield self.collector.expect(6)), b"queued")
 
-    def test_send_error(self) -> None:
-        """Another send error is left for the transport to meet: the bytes are queued."""
+    @inlineCallbacks
+    def test_send_error(self) -> Any:
+        """Another send error is met by the transport: the connection is reported lost."""
         self.failing_send(errno.EPIPE)
         write(self.transport, b"queued")
-        self.assertEqual(self.transport._tempDataBuffer, [b"queued"])
+        yield self.sender.lost
+        self.assertTrue(self.transport.disconnected)
 
     @inlineCallbacks
     def test_closing(self) -> Any:
@@ -136,6 +161,15 @@ class WriteThroughTests(TestCase):
         yield self.sender.lost
         yield self.collector.lost
         self.assertEqual(bytes(self.collector.received), b"late")
+
+    @inlineCallbacks
+    def test_closed_before_the_batch(self) -> Any:
+        """Bytes batched, then loseConnection: sent before the close."""
+        write(self.transport, b"early")
+        self.transport.loseConnection()
+        yield self.sender.lost
+        yield self.collector.lost
+        self.assertEqual(bytes(self.collector.received), b"early")
 
     @inlineCallbacks
     def test_aborted(self) -> Any:
