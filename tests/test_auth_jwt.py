@@ -13,6 +13,7 @@ from zope.interface.verify import verifyObject
 
 from gatewaykit.config.errors import ConfigError
 from gatewaykit.interfaces import IPolicy, IPolicyFactory
+from gatewaykit.policies import jwt as jwt_module
 from gatewaykit.policies.jwt import JWTFactory, JWTPolicy, parse_jwks, scopes_of
 from gatewaykit.testing import parse_response
 from tests.fixtures.auth import (
@@ -472,6 +473,74 @@ class JWKSURLTests(JWTCase):
         self.assertEqual(len(self.client.requests), 1)
         self.assertTrue(self.client.closed)
         self.assertEqual(gateway.reactor.getDelayedCalls(), [])
+
+
+class VerifiedTokenTests(JWTCase):
+    """Verified tokens are remembered: checked for their times only, forgotten with their keys."""
+
+    def counting_decode(self) -> list:
+        """Count PyJWT's verifications from now on."""
+        calls: list = []
+        real = jwt_module.jwt.decode
+
+        def decode(*args, **kwargs):
+            calls.append(args[0])
+            return real(*args, **kwargs)
+
+        self.patch(jwt_module.jwt, "decode", decode)
+        return calls
+
+    def test_verified_once(self):
+        """The same token again is not verified again."""
+        gateway = self.gateway()
+        calls = self.counting_decode()
+        signed = token(rsa_key(), "RS256", "rsa-1")
+        for _ in range(3):
+            self.assertEqual(gateway.request(request(bearer(signed))).status, 200)
+        other = token(rsa_key(), "RS256", "rsa-1", sub="someone-else")
+        self.assertEqual(gateway.request(request(bearer(other))).status, 200)
+        self.assertEqual(len(calls), 2)
+
+    def test_refused_not_remembered(self):
+        """A token that fails verification is verified (and refused) each time."""
+        gateway = self.gateway()
+        calls = self.counting_decode()
+        signed = token(rsa_key(), "RS256", "rsa-1", aud="somebody-else")
+        for _ in range(2):
+            response = gateway.request(request(bearer(signed)))
+            self.assertRefused(response, "the token is not meant for this audience")
+        self.assertEqual(len(calls), 2)
+
+    def test_forgotten_with_its_key(self):
+        """When a refresh drops a token's key, the remembered token is refused."""
+        options = self.options(
+            f"{{algorithms: [RS256], jwks_url: '{JWKS_URL}', jwks_refresh: 10m}}"
+        )
+        gateway = self.gateway_with(options)
+        self.client.requests[0].answer(200, jwks(jwk(rsa_key(), "rsa-1")))
+        signed = token(rsa_key(), "RS256", "rsa-1")
+        self.assertEqual(gateway.request(request(bearer(signed))).status, 200)
+        gateway.reactor.advance(600)
+        self.client.requests[1].answer(200, jwks(jwk(rsa_key("rsa-2"), "rsa-2")))
+        gateway.reactor.advance(31)  # past jwks_refresh_min: the unknown kid may fetch again
+        protocol, transport = gateway.connect()
+        protocol.dataReceived(request(bearer(signed)))
+        self.client.requests[2].answer(200, jwks(jwk(rsa_key("rsa-2"), "rsa-2")))
+        self.assertIn(b"the token's key id is not known", transport.value())
+
+    def test_bounded(self):
+        """At most VERIFIED_TOKENS are kept, the least recently used first out."""
+        self.patch(jwt_module, "VERIFIED_TOKENS", 3)
+        options = self.options(f"{{algorithms: [HS256], secret: {TEST_HS256_SECRET}}}")
+        gateway = self.gateway_with(options)
+        tokens = [token(TEST_HS256_SECRET, "HS256", None, sub=f"user-{n}") for n in range(5)]
+        for signed in tokens[:3] + tokens[:1] + tokens[3:]:
+            self.assertEqual(gateway.request(request(bearer(signed))).status, 200)
+        remembered = gateway.gateway.policies["jwt"]._verified
+        self.assertEqual(
+            [pyjwt.decode(t, options={"verify_signature": False})["sub"] for t in remembered],
+            ["user-0", "user-3", "user-4"],
+        )
 
 
 class JWKSTests(SynchronousTestCase):

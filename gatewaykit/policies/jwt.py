@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import OrderedDict
 from typing import Any, Optional, Union
 
 import jwt
@@ -81,6 +82,15 @@ _PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "k")
 _MIN_RSA_BITS = 2048
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
 _LONGEST_REFRESH = 24 * 3600.0
+
+VERIFIED_TOKENS = 4096
+"""
+How many verified tokens a C{jwt} policy remembers (least recently used
+first out). A client sends the same token for its whole lifetime, and
+verifying one costs far more than the rest of a proxied request (an RSA or
+ECDSA signature, and PyJWT's parsing): a remembered token is only checked
+for its times again. Forgotten when the key set changes.
+"""
 
 
 # -- keys ------------------------------------------------------------------------
@@ -186,6 +196,8 @@ class SigningKeys:
         self._file_keys = file_keys
         self._fetched: tuple[SigningKey, ...] = ()
         self._fetched_once = False
+        self.generation = 0
+        """Counts the changes of the key set (each fetch that brought keys)."""
         self._url = url
         self._client = client
         self._clock = clock
@@ -263,6 +275,7 @@ class SigningKeys:
             )
         self._fetched = keys
         self._fetched_once = True
+        self.generation += 1
         self._done(self._interval(answer.get("cache-control")))
 
     def _interval(self, cache_control: Optional[bytes]) -> float:
@@ -473,6 +486,11 @@ class JWTPolicy:
             options.jwks_timeout,
             name,
         )
+        # Claims of tokens whose signature, audience, issuer and required
+        # claims were verified, by token (see VERIFIED_TOKENS), and the
+        # key set generation they were verified with.
+        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._verified_generation = 0
         self._decode_options: dict[str, Any] = {
             # Times are checked against the reactor's clock below.
             "verify_exp": False,
@@ -511,6 +529,9 @@ class JWTPolicy:
         token, source = self._token(call.request)
         if token is None:
             return unauthorized("a bearer token is required", self.challenge())
+        claims = self._remembered(token)
+        if claims is not None:
+            return self._claims_verified(call, token, claims, source)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -564,11 +585,39 @@ class JWTPolicy:
                 return self._invalid(_description(e))
         if claims is None:
             return self._invalid("the signature does not verify")
+        self._remember(token, claims)
+        return self._claims_verified(call, token, claims, source)
+
+    def _claims_verified(
+        self, call: PolicyCall, token: bytes, claims: dict[str, Any], source: str
+    ) -> Verdict:
+        """A token whose signature holds: its times decide."""
         problem = self._check_times(claims)
         if problem is not None:
+            self._verified.pop(token, None)
             return self._invalid(problem)
         self._accept(call, claims, source)
         return None
+
+    def _remembered(self, token: bytes) -> Optional[dict[str, Any]]:
+        verified = self._verified_tokens()
+        claims = verified.get(token)
+        if claims is not None:
+            verified.move_to_end(token)
+        return claims
+
+    def _remember(self, token: bytes, claims: dict[str, Any]) -> None:
+        verified = self._verified_tokens()
+        verified[token] = claims
+        if len(verified) > VERIFIED_TOKENS:
+            verified.popitem(last=False)
+
+    def _verified_tokens(self) -> OrderedDict[bytes, dict[str, Any]]:
+        """The remembered tokens, forgotten if the key set changed since."""
+        if self._verified_generation != self._keys.generation:
+            self._verified.clear()
+            self._verified_generation = self._keys.generation
+        return self._verified
 
     def _check_times(self, claims: dict[str, Any]) -> Optional[str]:
         for name in ("exp", "nbf", "iat"):
