@@ -149,8 +149,8 @@ def _parse_reply(reply: list[Any]) -> tuple[Decision, float]:
         bool(int(allowed)),
         int(capacity),
         int(remaining),
-        float(reset_after),
-        float(retry_after),
+        int(reset_after) / 1e9,  # the scripts count durations in nanoseconds
+        int(retry_after) / 1e9,
     )
     # The same arithmetic as the script's, so a test can replay it exactly.
     return decision, int(sec) + int(usec) / 1000000

@@ -8,7 +8,9 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local now = sec + usec / 1000000
+local function ns(seconds) return math.floor(seconds * 1e9 + 0.5) end
 
 -- Python's float floor division and modulo, step by step, so that both
 -- stores put a request in the same window.
@@ -20,16 +22,16 @@ if quotient - slot > 0.5 then
 end
 
 local capacity = limit + burst
-local reset_after = string.format('%.17g', window - elapsed)
+local reset_after = ns(window - elapsed)
 local state = redis.call('HMGET', KEYS[1], 'w', 'c')
 local count = 0
 if tonumber(state[1]) == slot then
   count = tonumber(state[2]) or 0
 end
 if count >= capacity then
-  return {0, capacity, 0, reset_after, reset_after, time[1], time[2]}
+  return {0, capacity, 0, reset_after, reset_after, sec, usec}
 end
 count = count + 1
 redis.call('HSET', KEYS[1], 'w', string.format('%.17g', slot), 'c', count)
 redis.call('PEXPIRE', KEYS[1], math.ceil((window + 1) * 1000))
-return {1, capacity, capacity - count, reset_after, '0', time[1], time[2]}
+return {1, capacity, capacity - count, reset_after, 0, sec, usec}

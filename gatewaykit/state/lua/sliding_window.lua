@@ -11,7 +11,9 @@ local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
+local sec, usec = tonumber(time[1]), tonumber(time[2])
+local now = sec + usec / 1000000
+local function ns(seconds) return math.floor(seconds * 1e9 + 0.5) end
 
 -- Python's float floor division and modulo (see fixed_window.lua).
 local elapsed = math.fmod(now, window)
@@ -34,7 +36,7 @@ end
 
 local weight = 1.0 - elapsed / window
 local estimate = previous * weight + current
-local reset_after = string.format('%.17g', window - elapsed)
+local reset_after = ns(window - elapsed)
 if estimate + 1 > capacity then
   -- The estimate drops as the previous window slides out; when no previous
   -- weight is left, only the window's end frees room.
@@ -45,11 +47,10 @@ if estimate + 1 > capacity then
   else
     retry_after = window - elapsed
   end
-  return {0, capacity, 0, reset_after, string.format('%.17g', retry_after),
-          time[1], time[2]}
+  return {0, capacity, 0, reset_after, ns(retry_after), sec, usec}
 end
 current = current + 1
 local remaining = math.max(0, math.floor(capacity - (estimate + 1)))
 redis.call('HSET', KEYS[1], 'w', string.format('%.17g', slot), 'c', current, 'p', previous)
 redis.call('PEXPIRE', KEYS[1], math.ceil((2 * window + 1) * 1000))
-return {1, capacity, remaining, reset_after, '0', time[1], time[2]}
+return {1, capacity, remaining, reset_after, 0, sec, usec}
