@@ -13,6 +13,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from gatewaykit.actions.static import CHUNK_SIZE
 from gatewaykit.config import parse_config
 from gatewaykit.config.errors import ConfigError
 from gatewaykit.config.model import PolicyConfig, PoolConfig
@@ -852,6 +853,27 @@ class RangeTests(SynchronousTestCase):
         """If-Range with the stored tag: the range."""
         response = self.stored().get(fields=(("Range", "bytes=2-5"), ("If-Range", '"v1"')))
         self.assertEqual(response.status, 206)
+
+    def test_large_body_pulled(self) -> None:
+        """A stored body larger than a chunk is written as the client's transport pulls it."""
+        body = bytes(range(256)) * 1000  # 256,000 bytes: four chunks
+        cache = CacheHarness()
+        cache.fetch(response_fields=MAX_AGE_60, body=body)
+        exchange = cache.send()
+        transport = exchange.transport
+        self.assertLess(len(transport.value()), 2 * CHUNK_SIZE)  # not all at once
+        pulls = 0
+        while transport.producer is not None:
+            transport.producer.resumeProducing()
+            pulls += 1
+        self.assertEqual(pulls, 4)  # one per chunk
+        response = exchange.response()
+        self.assertEqual((response.status, response.body, x_cache(response)), (200, body, b"HIT"))
+        ranged = cache.send(fields=(("Range", "bytes=70000-199999"),))
+        while ranged.transport.producer is not None:
+            ranged.transport.producer.resumeProducing()
+        response = ranged.response()
+        self.assertEqual((response.status, response.body), (206, body[70000:200000]))
 
     def test_miss_forwarded(self) -> None:
         """A range request that misses goes upstream as is; the 206 is not stored."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from gatewaykit.actions.static import Unsatisfiable, parse_http_date, parse_range
+from twisted.internet.interfaces import IPullProducer
+from zope.interface import implementer
+
+from gatewaykit.actions.static import CHUNK_SIZE, Unsatisfiable, parse_http_date, parse_range
 from gatewaykit.cache.entry import Entry, opaque_tag
 from gatewaykit.cache.lookup import Lookup
 
@@ -88,9 +91,10 @@ def send_entry(
                 _send_range(stream, entry, b",".join(lookup.range), ours)
                 return
     stream.write_head(entry.status, entry.fields + ours, len(body), entry.reason)
-    if request.method != "HEAD":
-        stream.write(body)
-    stream.finish()
+    if request.method == "HEAD":
+        stream.finish()
+    else:
+        send_body(stream, body)
 
 
 def _send_range(stream: Any, entry: Entry, value: bytes, ours: list[tuple[bytes, bytes]]) -> None:
@@ -104,13 +108,55 @@ def _send_range(stream: Any, entry: Entry, value: bytes, ours: list[tuple[bytes,
         return
     if span is None:
         stream.write_head(entry.status, entry.fields + ours, size, entry.reason)
-        stream.write(body)
+        send_body(stream, body)
     else:
         start, end = span
         content_range = (b"Content-Range", b"bytes %d-%d/%d" % (start, end - 1, size))
         stream.write_head(206, entry.fields + [content_range] + ours, end - start)
-        stream.write(body[start:end])
-    stream.finish()
+        send_body(stream, body, start, end)
+
+
+def send_body(stream: Any, body: bytes, start: int = 0, end: Optional[int] = None) -> None:
+    """Write C{body[start:end]} to C{stream} and finish it."""
+    end = len(body) if end is None else end
+    if end - start <= CHUNK_SIZE:
+        stream.write(body if (start, end) == (0, len(body)) else body[start:end])
+        stream.finish()
+    else:
+        stream.registerProducer(StoredBody(stream, body, start, end), False)
+
+
+@implementer(IPullProducer)
+class StoredBody:
+    """
+    Writes part of a stored body to a stream C{CHUNK_SIZE} at a time as the
+    stream pulls, then finishes it. Written at once, a large body would sit
+    whole in the transport's buffer, which joins it with the head into a new
+    object of its size: a fresh allocation of a megabyte for a 1 MiB hit,
+    slower than proxying it.
+    """
+
+    def __init__(self, stream: Any, body: bytes, start: int, end: int) -> None:
+        self._stream = stream
+        self._body: Optional[bytes] = body
+        self._offset = start
+        self._end = end
+
+    def resumeProducing(self) -> None:
+        body = self._body
+        if body is None:
+            return
+        offset = self._offset
+        self._offset = until = min(offset + CHUNK_SIZE, self._end)
+        if until >= self._end:
+            self._body = None
+            self._stream.write(body[offset:until])
+            self._stream.finish()
+        else:
+            self._stream.write(body[offset:until])
+
+    def stopProducing(self) -> None:
+        self._body = None
 
 
 class CachedAnswer:
