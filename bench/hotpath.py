@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet.address import IPv4Address  # noqa: E402
 
 from gatewaykit.admin.metrics import Metrics  # noqa: E402
+from gatewaykit.config.model import PolicyConfig  # noqa: E402
+from gatewaykit.policies.cache import CacheOptions  # noqa: E402
 from gatewaykit.testing import (  # noqa: E402
     GatewayHarness,
     TCPStringTransport,
@@ -39,6 +41,13 @@ from gatewaykit.testing import (  # noqa: E402
 
 REQUEST = b"GET /1k HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
 BODY = b"x" * 1024
+CACHEABLE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Date: Fri, 27 Nov 2026 23:00:00 GMT\r\n"
+    b"Cache-Control: max-age=3600\r\n"
+    b"Content-Length: 1024\r\n"
+    b"\r\n" + BODY
+)
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
     b"Server: nginx/1.22.1\r\n"
@@ -69,10 +78,19 @@ class NullTransport(TCPStringTransport):
         self.write(b"".join(seq))
 
 
-def setup() -> tuple:
+def setup(cache: bool = False) -> tuple:
+    policies = [PolicyConfig("cache", "cache", CacheOptions())] if cache else []
     config = make_config(
-        routes=[route("all", path_prefix="/", upstream="bench")],
+        routes=[
+            route(
+                "all",
+                path_prefix="/",
+                upstream="bench",
+                policies=tuple(policy.name for policy in policies),
+            )
+        ],
         upstreams=[upstream("bench", "127.0.0.1:9000")],
+        policies=policies,
     )
     harness = GatewayHarness(config)
     metrics = Metrics(harness.reactor)
@@ -86,17 +104,23 @@ def setup() -> tuple:
     protocol.dataReceived(REQUEST)
     connection, upstream_transport = harness.accept_upstream()
     connection.transport = NullTransport()
-    connection.dataReceived(RESPONSE)
+    connection.dataReceived(CACHEABLE_RESPONSE if cache else RESPONSE)
     assert client.written > 1024, "no response"
     return protocol, connection, client
 
 
-def run(protocol, connection, count: int) -> None:
+def run_proxied(protocol, connection, count: int) -> None:
     client_data = protocol.dataReceived
     upstream_data = connection.dataReceived
     for _ in range(count):
         client_data(REQUEST)
         upstream_data(RESPONSE)
+
+
+def run_hits(protocol, connection, count: int) -> None:
+    client_data = protocol.dataReceived
+    for _ in range(count):
+        client_data(REQUEST)
 
 
 def main() -> None:
@@ -105,8 +129,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="cProfile one repetition")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--cache", action="store_true", help="a cache policy on the route: every request a hit"
+    )
     args = parser.parse_args()
-    protocol, connection, client = setup()
+    protocol, connection, client = setup(args.cache)
+    run = run_hits if args.cache else run_proxied
     run(protocol, connection, 1000)  # warm up
     writes_before, written_before = client.writes, client.written
     run(protocol, connection, 1)

@@ -14,6 +14,16 @@ tcp: gatewaykit's tcp listener, HAProxy in TCP mode and no proxy, curl
     to direct.
 workers: gatewaykit with 1 and with 2 worker processes (--workers), wrk on
     /1k; neither is pinned (2 workers need both CPUs). Ratio to 1 worker.
+cache: cache hits against proxied requests, gatewaykit's `cache` policy and
+    nginx's proxy_cache, wrk on /1k and /1m (the upstream says max-age=3600).
+    Ratios to each proxy without its cache.
+compress: gatewaykit's `compress` policy (gzip, br; with and without a
+    cache in front) and nginx's `gzip on`, on text bodies, wrk sending
+    Accept-Encoding: br, gzip. Ratios to each proxy uncompressed.
+tls: gatewaykit and nginx as proxies behind an https listener with the same
+    test certificate and cipher policy: HTTPS requests/s over keep-alive
+    (wrk), new TLS handshakes per second (wrk, one connection per request)
+    and HTTP/2 requests/s (h2load, when installed); ratios to nginx.
 
 The client (wrk or curl) and the upstream share CPU 0; the proxy under test
 runs alone on CPU 1. Targets run interleaved for several rounds; the table
@@ -30,10 +40,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import random
+import re
 import shlex
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -43,6 +56,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCH_DIR.parent
@@ -51,8 +65,8 @@ HOST = "127.0.0.1"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 SIZES = {"1k": 1024, "1m": MIB}
-SIZE_LABELS = {"1k": "1 KiB", "1m": "1 MiB"}
-CONNECTIONS = {"1k": 50, "1m": 10}
+SIZE_LABELS = {"1k": "1 KiB", "1m": "1 MiB", "1k-1c": "1 KiB, 1 connection"}
+CONNECTIONS = {"1k": 50, "1m": 10, "1k-1c": 1}
 
 # The tcp scenario's downloads: (parallel downloads, file), and the sparse
 # files the upstream serves for them.
@@ -60,6 +74,21 @@ TRANSFERS = {"1g": (1, "1g"), "8x128m": (8, "128m")}
 TRANSFER_LABELS = {"1g": "1 GiB", "8x128m": "8 × 128 MiB"}
 SPARSE_FILES = {"1g": GIB, "128m": 128 * MIB}
 CURL_FORMAT = "%{size_download} %{time_total} %{speed_download}"
+
+# The tls scenario's loads, all GET /1k over TLS: requests over keep-alive
+# connections; one new connection (a full handshake) per request; HTTP/2
+# with h2load, CONNECTIONS x H2_STREAMS streams in flight (as wrk's 50).
+TLS_LOADS = {"https": "HTTPS keep-alive",
+             "handshake": "new TLS connection per request",
+             "h2": "HTTP/2 (h2load)"}
+TLS_CONNECTIONS = {"https": 50, "handshake": 50, "h2": 5}
+H2_STREAMS = 10
+# gatewaykit's default TLS 1.2 suites (Mozilla intermediate without DHE),
+# given to nginx too; TLS 1.3 suites are OpenSSL's on both.
+TLS_CIPHERS = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+               "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+               "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+TLS_NAME = "bench.test"
 
 # The header the upstream adds when it listens on several ports, so that
 # the balancing scenario can show which port answered.
@@ -116,7 +145,7 @@ PROXY_SERVER = """\
         keepalive 32;
     }}
     server {{
-        listen {host}:{port};
+        listen {host}:{port}{listen_options};{server_extra}
         location / {{
             proxy_pass http://bench;
             proxy_http_version 1.1;
@@ -140,11 +169,20 @@ listen tunnel
     server upstream {host}:{upstream_port}
 """
 
+NGINX_TLS = """
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {ciphers};
+        ssl_prefer_server_ciphers on;"""
+
 VERSION_ARGV = {
     "nginx": ["nginx", "-v"],
     "wrk": ["wrk", "-v"],
     "curl": ["curl", "--version"],
     "haproxy": ["haproxy", "-v"],
+    "openssl": ["openssl", "version"],
+    "h2load": ["h2load", "--version"],
 }
 
 
@@ -314,12 +352,28 @@ def start_nginx(procs: Processes, name: str, server: str, port: int,
     procs.start(name, argv, port, cpu)
 
 
+def text_of(size: int) -> str:
+    """size characters of English-like words: compresses like real text."""
+    words = ("proxy gateway cache request response header body stream "
+             "upstream client route policy latency socket reactor").split()
+    rng = random.Random(size)
+    text = " ".join(rng.choice(words) for _ in range(size // 4 + 1))
+    return text[:size]
+
+
 def start_upstream(procs: Processes, args: argparse.Namespace, tmp: Path,
-                   count: int, sparse: dict[str, int]) -> list[int]:
-    """Start the nginx upstream on count ports; return them."""
+                   count: int, sparse: dict[str, int],
+                   extra_directives: str = "",
+                   text: bool = False) -> list[int]:
+    """
+    Start the nginx upstream on count ports; return them. The bodies are
+    text when text is true, else x's; extra_directives go in its server
+    block.
+    """
     www = tmp / "www"
     www.mkdir()
-    (www / "1m").write_bytes(b"x" * SIZES["1m"])
+    body_1m = text_of(SIZES["1m"]) if text else "x" * SIZES["1m"]
+    (www / "1m").write_text(body_1m)
     for name, size in sparse.items():
         with open(www / name, "wb") as file:
             file.truncate(size)
@@ -327,9 +381,10 @@ def start_upstream(procs: Processes, args: argparse.Namespace, tmp: Path,
     listen = "\n".join(f"        listen {HOST}:{port};" for port in ports)
     # Only worth its bytes when there is a choice of port to show.
     extra = (f"\n        add_header {PORT_HEADER} $server_port;"
-             if count > 1 else "")
+             if count > 1 else "") + extra_directives
+    body_1k = text_of(SIZES["1k"]) if text else "x" * SIZES["1k"]
     server = UPSTREAM_SERVER.format(listen=listen, www=www, extra=extra,
-                                    body_1k="x" * SIZES["1k"])
+                                    body_1k=body_1k)
     start_nginx(procs, "upstream-nginx", server, ports[0], args.client_cpu,
                 tmp / "upstream-nginx")
     return ports
@@ -346,9 +401,75 @@ def start_nginx_proxy(procs: Processes, args: argparse.Namespace,
     """Start nginx as a keep-alive reverse proxy; return its port."""
     port = free_port()
     server = PROXY_SERVER.format(host=HOST, port=port,
-                                 upstream_port=upstream_ports[0])
+                                 upstream_port=upstream_ports[0],
+                                 listen_options="", server_extra="")
     start_nginx(procs, "nginx-proxy", server, port, args.proxy_cpu,
                 tmp / "nginx-proxy")
+    return port
+
+
+def nginx_proxy_with(name: str, server_extra: str,
+                     http_extra: str = "") -> Starter:
+    """
+    A starter for nginx as the proxy above plus server_extra directives
+    (and http_extra ones at http level; {prefix} is its home).
+    """
+    def start(procs: Processes, args: argparse.Namespace, tmp: Path,
+              upstream_ports: list[int]) -> int:
+        port = free_port()
+        prefix = tmp / name
+        server = http_extra.format(prefix=prefix) + PROXY_SERVER.format(
+            host=HOST, port=port, upstream_port=upstream_ports[0],
+            listen_options="", server_extra=server_extra)
+        start_nginx(procs, name, server, port, args.proxy_cpu, prefix)
+        return port
+    return start
+
+
+# nginx's proxy_cache as commonly configured: a keys zone, files on disk
+# (served from the page cache), the upstream's Cache-Control obeyed.
+NGINX_CACHE = nginx_proxy_with(
+    "nginx-cache",
+    "\n        proxy_cache bench_cache;",
+    "    proxy_cache_path {prefix}/cache keys_zone=bench_cache:10m;\n")
+# gzip at the level gatewaykit's compress policy uses by default.
+NGINX_GZIP = nginx_proxy_with(
+    "nginx-gzip",
+    "\n        gzip on;\n        gzip_types text/plain;"
+    "\n        gzip_min_length 1024;\n        gzip_comp_level 5;"
+    "\n        gzip_proxied any;")
+
+
+def tls_certificate(args: argparse.Namespace, tmp: Path) -> tuple[Path, Path]:
+    """
+    The run's self-signed certificate and key for 127.0.0.1 and TLS_NAME
+    (--tls-key: ECDSA P-256 or RSA 2048), made once with openssl.
+    """
+    cert, key = tmp / "tls-cert.pem", tmp / "tls-key.pem"
+    if not cert.exists():
+        new_key = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+                   if args.tls_key == "ec" else ["-newkey", "rsa:2048"])
+        argv = ["openssl", "req", "-x509", *new_key, "-nodes", "-days", "2",
+                "-keyout", str(key), "-out", str(cert),
+                "-subj", f"/CN={TLS_NAME}",
+                "-addext", f"subjectAltName=DNS:{TLS_NAME},IP:{HOST}"]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise BenchError(f"openssl req failed: {done.stderr}")
+    return cert, key
+
+
+def start_nginx_tls_proxy(procs: Processes, args: argparse.Namespace,
+                          tmp: Path, upstream_ports: list[int]) -> int:
+    """Start nginx as a keep-alive reverse proxy behind TLS (and HTTP/2)."""
+    cert, key = tls_certificate(args, tmp)
+    port = free_port()
+    server = PROXY_SERVER.format(
+        host=HOST, port=port, upstream_port=upstream_ports[0],
+        listen_options=" ssl http2",
+        server_extra=NGINX_TLS.format(cert=cert, key=key, ciphers=TLS_CIPHERS))
+    start_nginx(procs, "nginx-tls-proxy", server, port, args.proxy_cpu,
+                tmp / "nginx-tls-proxy")
     return port
 
 
@@ -400,6 +521,16 @@ def gatewaykit_http_config(port: int, upstream_ports: list[int],
     }
 
 
+def gatewaykit_https_config(port: int, upstream_ports: list[int],
+                            cert: Path, key: Path) -> dict:
+    """gatewaykit_http_config with an https listener (its default TLS)."""
+    config = gatewaykit_http_config(port, upstream_ports[:1])
+    config["listeners"] = {"web": {
+        "protocol": "https", "bind": f"{HOST}:{port}",
+        "tls": {"certificates": [{"cert": str(cert), "key": str(key)}]}}}
+    return config
+
+
 def gatewaykit_tcp_config(port: int, upstream_ports: list[int]) -> dict:
     """One tcp listener tunnelling to the upstream's first port."""
     return {
@@ -413,10 +544,11 @@ def gatewaykit_tcp_config(port: int, upstream_ports: list[int]) -> dict:
 
 def start_gatewaykit(procs: Processes, args: argparse.Namespace, tmp: Path,
                      name: str, make_config: Callable[[int], dict],
-                     pin: bool = True) -> int:
+                     pin: bool = True, source: Path = PROJECT_DIR) -> int:
     """
     Start gatewaykit on make_config(port) as name; return the port.
-    Pinned to the proxy CPU unless pin is false.
+    Pinned to the proxy CPU unless pin is false; its code is taken from
+    the source tree given (this checkout by default).
     """
     port = free_port()
     config = tmp / f"{name}.yaml"
@@ -432,7 +564,7 @@ def start_gatewaykit(procs: Processes, args: argparse.Namespace, tmp: Path,
     # the source tree and apart.
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(PROJECT_DIR), env.get("PYTHONPATH")]))
+        filter(None, [str(source), env.get("PYTHONPATH")]))
     cwd = tmp / name
     cwd.mkdir()
     procs.start(name, argv, port, args.proxy_cpu if pin else None,
@@ -446,6 +578,44 @@ def start_gatewaykit_proxy(procs: Processes, args: argparse.Namespace,
     return start_gatewaykit(
         procs, args, tmp, "gatewaykit",
         lambda port: gatewaykit_http_config(port, upstream_ports[:1]))
+
+
+def gatewaykit_from(name: str, source: Path) -> Starter:
+    """The proxy scenario's gatewaykit, its code from another source tree."""
+    def start(procs: Processes, args: argparse.Namespace, tmp: Path,
+              upstream_ports: list[int]) -> int:
+        return start_gatewaykit(
+            procs, args, tmp, name,
+            lambda port: gatewaykit_http_config(port, upstream_ports[:1]),
+            source=source)
+    return start
+
+
+def gatewaykit_with_policies(name: str, policies: dict[str, dict],
+                             order: list[str]) -> Starter:
+    """A starter for the proxy above with policies applied in order."""
+    def start(procs: Processes, args: argparse.Namespace, tmp: Path,
+              upstream_ports: list[int]) -> int:
+        def config(port: int) -> dict:
+            made = gatewaykit_http_config(port, upstream_ports[:1])
+            made["policies"] = policies
+            made["routes"][0]["policies"] = order
+            return made
+        return start_gatewaykit(procs, args, tmp, name, config)
+    return start
+
+
+CACHE_POLICY = {"type": "cache", "max_bytes": "64MiB"}
+COMPRESS_POLICY = {"type": "compress", "types": ["text/*"]}
+
+
+def start_gatewaykit_tls(procs: Processes, args: argparse.Namespace,
+                        tmp: Path, upstream_ports: list[int]) -> int:
+    """Start gatewaykit with an https listener proxying to one target."""
+    cert, key = tls_certificate(args, tmp)
+    return start_gatewaykit(
+        procs, args, tmp, "gatewaykit",
+        lambda port: gatewaykit_https_config(port, upstream_ports, cert, key))
 
 
 def start_gatewaykit_tunnel(procs: Processes, args: argparse.Namespace,
@@ -488,10 +658,12 @@ def gatewaykit_workers(count: int) -> Starter:
 
 # -- checks ------------------------------------------------------------------
 
-def get(target: str, port: int,
-        path: str) -> tuple[http.client.HTTPResponse, bytes]:
+def get(target: str, port: int, path: str,
+        tls: bool = False) -> tuple[http.client.HTTPResponse, bytes]:
     """GET path through the target on a new connection: response, body."""
-    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    conn = (http.client.HTTPSConnection(HOST, port, timeout=30,
+                                        context=ssl._create_unverified_context())
+            if tls else http.client.HTTPConnection(HOST, port, timeout=30))
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -502,10 +674,16 @@ def get(target: str, port: int,
         conn.close()
 
 
-def check_target(target: str, port: int, sizes: list[str]) -> None:
+def resource(load: str) -> str:
+    """The size a load fetches: "1k" for "1k" and for "1k-1c"."""
+    return load.split("-")[0]
+
+
+def check_target(target: str, port: int, sizes: list[str],
+                 tls: bool = False) -> None:
     """Fetch each size once through the target and check status and length."""
-    for size in sizes:
-        response, body = get(target, port, f"/{size}")
+    for size in map(resource, sizes):
+        response, body = get(target, port, f"/{size}", tls)
         if response.status != 200 or len(body) != SIZES[size]:
             raise BenchError(
                 f"{target}: GET /{size} gave {response.status} with "
@@ -523,10 +701,11 @@ def upstream_spread(target: str, port: int, requests: int = 30) -> str:
 # -- loads -------------------------------------------------------------------
 
 def run_wrk(url: str, connections: int, duration: float, cpu: int | None,
-            script: Path) -> dict[str, float]:
+            script: Path, headers: tuple[str, ...] = ()) -> dict[str, float]:
     """Run one single-threaded wrk and return its done() numbers."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
-            "--timeout", "10s", "-s", str(script), url]
+            "--timeout", "10s", "-s", str(script),
+            *(option for header in headers for option in ("-H", header)), url]
     done = subprocess.run(pinned(cpu, argv), capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_RESULT "):
@@ -534,6 +713,46 @@ def run_wrk(url: str, connections: int, duration: float, cpu: int | None,
             return {key: float(value) for key, value in pairs}
     raise BenchError(f"wrk gave no result (exit {done.returncode}) for "
                      f"{url}:\n{done.stdout}{done.stderr}")
+
+
+def run_h2load(url: str, connections: int, streams: int, duration: float,
+               cpu: int | None, log_path: Path) -> dict[str, float]:
+    """
+    Run one single-threaded h2load for duration seconds; its numbers in
+    run_wrk's form (latency percentiles from its per-request log).
+    """
+    argv = ["h2load", "-t1", f"-c{connections}", f"-m{streams}",
+            f"-D{duration:g}", f"--log-file={log_path}", url]
+    done = subprocess.run(pinned(cpu, argv), capture_output=True, text=True)
+    out = done.stdout
+    finished = re.search(r"finished in ([\d.]+)s", out)
+    counts = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, "
+                       r"(\d+) succeeded, (\d+) failed, (\d+) errored, "
+                       r"(\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, "
+                      r"(\d+) 5xx", out)
+    traffic = re.search(r"traffic: .*?\((\d+)\) total", out)
+    if done.returncode != 0 or not (finished and counts and codes):
+        raise BenchError(f"h2load gave no result (exit {done.returncode}) "
+                         f"for {url}:\n{out}{done.stderr}")
+    times = sorted(int(line.split("\t")[2])
+                   for line in log_path.read_text().splitlines() if line)
+    log_path.unlink()
+
+    def percentile(share: float) -> float:
+        return float(times[min(len(times) - 1, int(share * len(times)))]
+                     if times else 0)
+
+    _, done_count, _, failed, errored, timeout = map(int, counts.groups())
+    return {"requests": done_count,
+            "duration_us": float(finished.group(1)) * 1e6,
+            "bytes": float(traffic.group(1)) if traffic else 0.0,
+            "p50_us": percentile(0.50), "p90_us": percentile(0.90),
+            "p99_us": percentile(0.99), "max_us": percentile(1.0),
+            "mean_us": sum(times) / len(times) if times else 0.0,
+            "err_connect": 0, "err_read": errored, "err_write": failed,
+            "err_status": int(codes.group(3)) + int(codes.group(4)),
+            "err_timeout": timeout}
 
 
 def run_curls(url: str, count: int,
@@ -566,8 +785,12 @@ class WrkBench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args = args
         self.script = tmp / "report.lua"
-        self.script.write_text(WRK_SCRIPT)
-        self.durations = {"1k": args.duration_1k, "1m": args.duration_1m}
+        headers = SCENARIOS[args.scenario].request_headers
+        self.script.write_text("".join(
+            f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers
+        ) + WRK_SCRIPT)
+        self.durations = {"1k": args.duration_1k, "1m": args.duration_1m,
+                          "1k-1c": args.duration_1k}
 
     def check(self, target: str, port: int) -> None:
         """One real GET of each size through the target."""
@@ -576,14 +799,20 @@ class WrkBench:
     def measure(self, target: str, port: int, size: str, round_no: int,
                 warmup: bool = False) -> WrkResult:
         """Benchmark one target at one size and return the result."""
-        url = f"http://{HOST}:{port}/{size}"
+        url = f"http://{HOST}:{port}/{resource(size)}"
         duration = self.args.warmup if warmup else self.durations[size]
         raw = run_wrk(url, CONNECTIONS[size], duration, self.args.client_cpu,
                       self.script)
+        return self.result(target, size, round_no, CONNECTIONS[size], raw)
+
+    @staticmethod
+    def result(target: str, size: str, round_no: int, connections: int,
+               raw: dict[str, float]) -> WrkResult:
+        """A WrkResult from run_wrk's (or run_h2load's) numbers."""
         seconds = raw["duration_us"] / 1e6
         return WrkResult(
             target=target, size=size, round=round_no,
-            connections=CONNECTIONS[size], duration_s=seconds,
+            connections=connections, duration_s=seconds,
             requests=int(raw["requests"]), rps=raw["requests"] / seconds,
             p50_us=raw["p50_us"], p90_us=raw["p90_us"],
             p99_us=raw["p99_us"], max_us=raw["max_us"],
@@ -597,6 +826,55 @@ class WrkBench:
         return {"connections": CONNECTIONS,
                 "durations": {"1k": args.duration_1k,
                               "1m": args.duration_1m}}
+
+
+class TLSBench(WrkBench):
+    """
+    WrkBench over TLS: GET /1k over keep-alive connections, with a new
+    connection (a full handshake) per request, and over HTTP/2 (h2load).
+    """
+
+    loads = TLS_LOADS
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        super().__init__(args, tmp)
+        self.tmp = tmp
+        self.durations = {"https": args.duration_1k, "h2": args.duration_1k,
+                          "handshake": args.duration_handshake}
+
+    def check(self, target: str, port: int) -> None:
+        """One real GET over TLS, and one over HTTP/2 when that is measured."""
+        check_target(target, port, ["1k"], tls=True)
+        if "h2" in self.args.sizes:
+            argv = ["h2load", "-n1", "-c1", f"https://{HOST}:{port}/1k"]
+            out = subprocess.run(argv, capture_output=True, text=True).stdout
+            if "Application protocol: h2" not in out or " 1 2xx" not in out:
+                raise BenchError(f"{target}: no HTTP/2 GET /1k:\n{out}")
+
+    def measure(self, target: str, port: int, size: str, round_no: int,
+                warmup: bool = False) -> WrkResult:
+        """Benchmark one target with one TLS load and return the result."""
+        url = f"https://{HOST}:{port}/1k"
+        duration = self.args.warmup if warmup else self.durations[size]
+        connections = TLS_CONNECTIONS[size]
+        cpu = self.args.client_cpu
+        if size == "h2":
+            raw = run_h2load(url, connections, H2_STREAMS, duration, cpu,
+                             self.tmp / "h2load.log")
+        else:
+            headers = ("Connection: close",) if size == "handshake" else ()
+            raw = run_wrk(url, connections, duration, cpu, self.script,
+                          headers)
+        return self.result(target, size, round_no, connections, raw)
+
+    @staticmethod
+    def settings(args: argparse.Namespace) -> dict:
+        """What these loads were, for the JSON file."""
+        return {"connections": TLS_CONNECTIONS, "h2_streams": H2_STREAMS,
+                "tls_key": args.tls_key,
+                "durations": {"https": args.duration_1k,
+                              "h2": args.duration_1k,
+                              "handshake": args.duration_handshake}}
 
 
 class TransferBench:
@@ -655,6 +933,13 @@ class Scenario:
     tools: tuple[str, ...]
     upstream_ports: int = 1
     sparse_files: dict[str, int] = field(default_factory=dict)
+    # Loads that need a tool the scenario can do without: load -> tool.
+    load_tools: dict[str, str] = field(default_factory=dict)
+    # Directives for the upstream nginx's server block, and text bodies.
+    upstream_extra: str = ""
+    upstream_text: bool = False
+    # Fields wrk sends with every request.
+    request_headers: tuple[tuple[str, str], ...] = ()
 
 
 SCENARIOS = {
@@ -685,6 +970,47 @@ SCENARIOS = {
         references=("haproxy", "direct"),
         tools=("nginx", "curl", "haproxy", "taskset"),
         sparse_files=SPARSE_FILES),
+    "tls": Scenario(
+        targets={"gatewaykit": start_gatewaykit_tls,
+                 "nginx": start_nginx_tls_proxy},
+        bench=TLSBench, loads=("https", "handshake", "h2"),
+        references=("nginx",),
+        tools=("nginx", "wrk", "taskset", "openssl"),
+        load_tools={"h2": "h2load"}),
+    "cache": Scenario(
+        targets={"gatewaykit": start_gatewaykit_proxy,
+                 "gatewaykit-cache": gatewaykit_with_policies(
+                     "gatewaykit-cache", {"cache": CACHE_POLICY}, ["cache"]),
+                 "nginx": start_nginx_proxy,
+                 "nginx-cache": NGINX_CACHE},
+        bench=WrkBench, loads=("1k", "1m", "1k-1c"),
+        references=("gatewaykit", "nginx"),
+        tools=("nginx", "wrk", "taskset"),
+        upstream_extra='\n        add_header Cache-Control "max-age=3600";'),
+    "compress": Scenario(
+        targets={"gatewaykit": start_gatewaykit_proxy,
+                 "gatewaykit-gzip": gatewaykit_with_policies(
+                     "gatewaykit-gzip",
+                     {"compress": {**COMPRESS_POLICY, "encodings": ["gzip"]}},
+                     ["compress"]),
+                 "gatewaykit-br": gatewaykit_with_policies(
+                     "gatewaykit-br",
+                     {"compress": {**COMPRESS_POLICY, "encodings": ["br"]}},
+                     ["compress"]),
+                 "gatewaykit-cache-gzip": gatewaykit_with_policies(
+                     "gatewaykit-cache-gzip",
+                     {"cache": CACHE_POLICY,
+                      "compress": {**COMPRESS_POLICY, "encodings": ["gzip"]}},
+                     ["cache", "compress"]),
+                 "nginx": start_nginx_proxy,
+                 "nginx-gzip": NGINX_GZIP},
+        bench=WrkBench, loads=("1k", "1m"),
+        references=("gatewaykit", "nginx"),
+        tools=("nginx", "wrk", "taskset"),
+        upstream_extra=("\n        default_type text/plain;"
+                        '\n        add_header Cache-Control "max-age=3600";'),
+        upstream_text=True,
+        request_headers=(("Accept-Encoding", "br, gzip"),)),
 }
 
 
@@ -755,7 +1081,7 @@ def environment(tools: tuple[str, ...]) -> dict[str, str]:
         "python": sys.version.split()[0],
         "twisted": importlib.metadata.version("twisted"),
         **{tool: version(VERSION_ARGV[tool])
-           for tool in tools if tool in VERSION_ARGV},
+           for tool in tools if tool in VERSION_ARGV and shutil.which(tool)},
         "argv": shlex.join(sys.argv),
     }
 
@@ -788,19 +1114,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scenario", choices=SCENARIOS, default="proxy",
                         help="proxy: gatewaykit vs nginx, stock Twisted and "
                         "direct; balancing: 1 vs 3 targets; tcp: tunnel vs "
-                        "HAProxy and direct")
+                        "HAProxy and direct; workers: 1 vs 2 workers; tls: "
+                        "HTTPS, handshakes and HTTP/2 vs nginx")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds over all targets")
     parser.add_argument("--duration-1k", type=float, default=10,
                         help="seconds per 1 KiB run (50 connections)")
     parser.add_argument("--duration-1m", type=float, default=5,
                         help="seconds per 1 MiB run (10 connections)")
+    parser.add_argument("--duration-handshake", type=float, default=5,
+                        help="tls: seconds per new-connection run (the "
+                        "https and h2 loads take --duration-1k)")
+    parser.add_argument("--tls-key", choices=("ec", "rsa"), default="ec",
+                        help="tls: the certificate's key, ECDSA P-256 or "
+                        "RSA 2048")
     parser.add_argument("--targets", type=csv_list, default=None,
                         help="comma-separated, in run order; unset: every "
                         "target of the scenario")
     parser.add_argument("--sizes", type=csv_list, default=None,
                         help="comma-separated sizes (1k,1m) or, for tcp, "
-                        "transfers (1g,8x128m); unset: the scenario's")
+                        "transfers (1g,8x128m), for tls, loads "
+                        "(https,handshake,h2); unset: the scenario's")
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="command line for gatewaykit; {config} is "
                         "replaced by the generated YAML path, {python} by "
@@ -821,12 +1155,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also save raw results and the summary here")
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the temp dir (configs, logs)")
+    parser.add_argument("--compare", action="append", default=[],
+                        metavar="NAME=DIR",
+                        help="proxy: one more target, NAME, running "
+                        "gatewaykit's code from the source tree DIR (say a "
+                        "git worktree of an earlier commit), for a before "
+                        "and after in one run; may be repeated")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
+    for compare in args.compare:
+        name, _, tree = compare.partition("=")
+        source = Path(tree).resolve()
+        if args.scenario != "proxy":
+            parser.error("--compare is for the proxy scenario")
+        if not name or name in scenario.targets:
+            parser.error(f"--compare {compare}: give a new target NAME=DIR")
+        if not (source / "gatewaykit" / "__init__.py").is_file():
+            parser.error(f"--compare {compare}: no gatewaykit package in {source}")
+        scenario.targets[name] = gatewaykit_from(name, source)
     args.targets = choose(parser, "--targets", args.targets,
                           tuple(scenario.targets), tuple(scenario.targets))
+    asked = args.sizes is not None
     args.sizes = choose(parser, "--sizes", args.sizes,
                         tuple(scenario.bench.loads), scenario.loads)
+    for load, tool in scenario.load_tools.items():
+        if load in args.sizes and shutil.which(tool) is None:
+            if asked:
+                parser.error(f"load {load} needs {tool}")
+            progress(f"{tool} not found: no {load} load")
+            args.sizes.remove(load)
     if args.no_pin:
         args.client_cpu = args.proxy_cpu = None
     elif not {args.client_cpu, args.proxy_cpu} <= os.sched_getaffinity(0):
@@ -849,7 +1206,9 @@ def start_targets(procs: Processes, args: argparse.Namespace, tmp: Path,
     """Start the upstream and every target, check each; return the ports."""
     upstream_ports = start_upstream(procs, args, tmp,
                                     scenario.upstream_ports,
-                                    scenario.sparse_files)
+                                    scenario.sparse_files,
+                                    scenario.upstream_extra,
+                                    scenario.upstream_text)
     ports = {}
     for target in args.targets:
         port = scenario.targets[target](procs, args, tmp, upstream_ports)
@@ -889,6 +1248,29 @@ def run(args: argparse.Namespace, tmp: Path) -> list:
     return results
 
 
+def in_temp_dir(prefix: str, keep: bool,
+                work: Callable[[Path], Any]) -> tuple[Any, int]:
+    """
+    work(tmp) in a fresh temp dir, removed afterwards unless keep: (its
+    result, 0), or (None, 1) after saying why when it raised BenchError,
+    (None, 130) on Ctrl-C.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return work(tmp), 0
+    except BenchError as exc:
+        progress(f"error: {exc}")
+        return None, 1
+    except KeyboardInterrupt:
+        progress("interrupted")
+        return None, 130
+    finally:
+        if keep:
+            progress(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the table; 1 on failure."""
     args = parse_args(argv)
@@ -899,23 +1281,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # SIGTERM unwinds like Ctrl-C, so every child is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    facts = environment(scenario.tools) if args.json else {}
+    facts = (environment(scenario.tools + tuple(scenario.load_tools.values()))
+             if args.json else {})
     progress("load average: " + " ".join(
         f"{load:.2f}" for load in os.getloadavg()))
-    tmp = Path(tempfile.mkdtemp(prefix="gatewaykit-bench-"))
-    try:
-        results = run(args, tmp)
-    except BenchError as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    finally:
-        if args.keep_tmp:
-            progress(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    outcome, status = in_temp_dir("gatewaykit-bench-", args.keep_tmp,
+                                  lambda tmp: run(args, tmp))
+    if status:
+        return status
+    results = outcome
     rows = summarise(results, scenario, args.targets, args.sizes)
     print(markdown_table(rows, scenario))
     if args.json:
