@@ -568,6 +568,28 @@ def _connection_attempts(reactor: GatewayReactor) -> list[str]:
     return found
 
 
+def _sent_upstream(reactor: GatewayReactor) -> Optional[dict[str, Any]]:
+    """
+    The request head the gateway sends its target, as sent: the first plain
+    connection attempt (not a mirror's) is let through to a transport that
+    keeps what is written. None when there is none (nothing proxied, or the
+    upstream is TLS: its head is only written after a handshake).
+    """
+    for _, _, factory, _, _ in reactor.tcpClients:
+        if not isinstance(factory, ConnectAttempt) or isinstance(factory.waiter, MirrorExchange):
+            continue
+        connection = factory.buildProtocol(None)
+        upstream_side = TCPStringTransport()
+        connection.makeConnection(upstream_side)
+        head, found, _ = upstream_side.value().partition(b"\r\n\r\n")
+        if not found:
+            return None
+        request_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = [list(line.split(": ", 1)) for line in lines]
+        return {"request_line": request_line, "headers": headers}
+    return None
+
+
 def explain(
     config: Config,
     method: str,
@@ -613,13 +635,15 @@ def explain(
         protocol.makeConnection(transport)
         protocol.dataReceived(data)
         attempts = _connection_attempts(reactor)
+        answer = _parse_answer(transport.value())
         return _explanation(
             config,
             _request_part(method, url, data, journal.request, client_ip),
             _listener_part(listener_config, chosen_by, listener_note, target_url.port),
             journal,
-            _parse_answer(transport.value()),
+            answer,
             attempts,
+            _sent_upstream(reactor),
         )
     finally:
         gateway.close()
@@ -872,6 +896,7 @@ def _explanation(
     journal: Journal,
     parsed: Optional[tuple[int, list[tuple[bytes, bytes]], bytes]],
     attempts: list[str],
+    sent: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     request = journal.request
     route_name = journal.dispatched.route if journal.dispatched is not None else None
@@ -897,6 +922,8 @@ def _explanation(
         action = _action_part(config, route, request, answer, attempts)
         action["reached"] = deciding is None
         action["notes"] = journal.action_notes
+        if action["kind"] == "upstream":
+            action["sent"] = sent
     if answer is not None:
         outcome = "refused" if answer["status"] >= 400 else "answered"
     elif attempts:
@@ -1017,6 +1044,10 @@ def _action_lines(action: Mapping[str, Any]) -> tuple[str, list[str]]:
             if action["sticky"]:
                 lines.append(f"sticky: {action['sticky']['note']}")
             lines.extend(action["notes"])
+            sent = action.get("sent")
+            if sent is not None:
+                lines.append(f"sends: {sent['request_line']}")
+                lines.extend(f"  {name}: {value}" for name, value in sent["headers"])
         else:
             lines.append("no target is picked: the request does not get that far")
         mirror = action.get("mirror")

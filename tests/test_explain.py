@@ -58,6 +58,8 @@ policies:
   per-ip: {type: rate_limit, limit: 10, window: 1m}
   office: {type: ip_filter, allow: [192.168.0.0/16]}
   session: {type: session, secret: "test-only-session-secret-0123456789"}
+  strip-v1: {type: rewrite, strip_prefix: /v1}
+  tag: {type: headers, request: {set: {X-Client: "{client_ip}"}, remove: [Cookie]}}
 routes:
   - name: users
     match: {path_prefix: /users, methods: [GET, POST]}
@@ -118,6 +120,10 @@ routes:
     match: {path_prefix: /cart}
     upstream: sticky
     policies: [session]
+  - name: versioned
+    match: {path_prefix: /v1}
+    upstream: users
+    policies: [strip-v1, tag]
 """
 
 
@@ -493,6 +499,23 @@ class ActionTests(ExplainCase):
         folder_without_slash = self.explain("GET", "http://shop.test:8080/site")
         self.assertTrue(folder_without_slash["action"]["folder"])
         self.assertEqual(folder_without_slash["answer"]["headers"]["Location"], "/site/")
+
+    def test_sent_upstream(self) -> None:
+        """The head the target would get, after rewrite and headers policies."""
+        result = self.explain("GET", "http://shop.test:8080/v1/users/7?x=1", "Cookie: a=b")
+        sent = result["action"]["sent"]
+        self.assertEqual(sent["request_line"], "GET /users/7?x=1 HTTP/1.1")
+        headers = dict(sent["headers"])
+        self.assertEqual(headers["X-Client"], "127.0.0.1")
+        self.assertEqual(headers["X-Forwarded-Prefix"], "/v1")
+        self.assertNotIn("Cookie", headers)
+        code, out, _ = self.run_cli(self.path, "GET", "http://shop.test:8080/v1/users/7")
+        self.assertIn("sends: GET /users/7 HTTP/1.1", out)
+
+    def test_local_answer_sends_nothing(self) -> None:
+        """A route that answers by itself sends nothing upstream."""
+        result = self.explain("GET", "http://shop.test:8080/teapot")
+        self.assertNotIn("sent", result["action"])
 
     def test_round_robin_pick(self) -> None:
         """round_robin: a fresh balancer's first target, every time."""
