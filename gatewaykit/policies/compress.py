@@ -189,6 +189,18 @@ def weaken_etag(fields: list[tuple[bytes, bytes]]) -> None:
             fields[index] = (field, b"W/" + value.strip())
 
 
+def _accept_encoding(request: Any) -> tuple[Optional[bytes], bool]:
+    """C{request}'s C{Accept-Encoding} values joined, and whether it asks for C{no-transform}."""
+    accept: Optional[bytes] = None
+    for name, value in request.headers.raw:
+        lower = name.lower()
+        if lower == b"accept-encoding":
+            accept = value if accept is None else accept + b"," + value
+        elif lower == b"cache-control" and b"no-transform" in value.lower():
+            return accept, True
+    return accept, False
+
+
 @implementer(IPolicy)
 class Compress:
     """One named C{compress} policy."""
@@ -222,13 +234,9 @@ class Compress:
         compressed (C{identity} for none): a cache before it keys the
         variants it stores by this rather than by C{Accept-Encoding}.
         """
-        accept: Optional[bytes] = None
-        for name, value in request.headers.raw:
-            lower = name.lower()
-            if lower == b"accept-encoding":
-                accept = value if accept is None else accept + b"," + value
-            elif lower == b"cache-control" and b"no-transform" in value.lower():
-                return b"identity"
+        accept, no_transform = _accept_encoding(request)
+        if no_transform:
+            return b"identity"
         return self.coding_for(accept) or b"identity"
 
     def compressible_type(self, content_type: bytes) -> bool:
@@ -248,13 +256,9 @@ class Compress:
         request = call.request
         if request.method == "HEAD":
             return None
-        accept: Optional[bytes] = None
-        for name, value in request.headers.raw:
-            lower = name.lower()
-            if lower == b"accept-encoding":
-                accept = value if accept is None else accept + b"," + value
-            elif lower == b"cache-control" and b"no-transform" in value.lower():
-                return None
+        accept, no_transform = _accept_encoding(request)
+        if no_transform:
+            return None
         coding = self.coding_for(accept)
         call.wrap_stream(lambda inner: Compressing(inner, self, coding))
         return None
