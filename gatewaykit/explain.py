@@ -41,7 +41,7 @@ from gatewaykit.config.model import (
 from gatewaykit.config.schema import TOKEN
 from gatewaykit.gateway import Gateway
 from gatewaykit.http.errors import PROBLEM_TYPE, GatewayError
-from gatewaykit.http.message import Headers, Request, Response
+from gatewaykit.http.message import Request, Response
 from gatewaykit.http.wire import reason_for
 from gatewaykit.interfaces import IPolicy, IPolicyFactory, IStateStore
 from gatewaykit.listeners.http import HTTP11ServerFactory
@@ -500,25 +500,8 @@ class ObservedGateway:
         request = stream.request
         self._journal.dispatched = request
         # Policies may change the request (strip a key): keep it as it came.
-        self._journal.request = _copy_request(request)
+        self._journal.request = request.copy()
         self._gateway.dispatch(stream)
-
-
-def _copy_request(request: Request) -> Request:
-    return Request(
-        method=request.method,
-        target=request.target,
-        path=request.path,
-        query=request.query,
-        headers=Headers(list(request.headers)),
-        host=request.host,
-        port=request.port,
-        server_port=request.server_port,
-        scheme=request.scheme,
-        client_host=request.client_host,
-        client_ip=request.client_ip,
-        listener=request.listener,
-    )
 
 
 # -- running it ---------------------------------------------------------------------

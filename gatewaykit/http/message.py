@@ -266,5 +266,37 @@ class Request:
             self._cookies = cookies
         return self._cookies
 
+    def copy(self, **changes: Any) -> "Request":
+        """
+        A request without a body from the same client, listener and target
+        as this one (its id, time and fields too), with C{changes} applied;
+        the route it matched is kept.
+        """
+        values: dict[str, Any] = dict(
+            method=self.method,
+            target=self.target,
+            path=self.path,
+            query=self.query,
+            version=self.version,
+            host=self.host,
+            port=self.port,
+            server_port=self.server_port,
+            scheme=self.scheme,
+            client_host=self.client_host,
+            client_port=self.client_port,
+            client_ip=self.client_ip,
+            listener=self.listener,
+            request_id=self.request_id,
+            received_at=self.received_at,
+            hop_by_hop=self.hop_by_hop,
+            tls=self.tls,
+        )
+        values.update(changes)
+        if "headers" not in values:
+            values["headers"] = Headers(list(self.headers))
+        copy = Request(**values)
+        copy.route = self.route
+        return copy
+
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.host}{self.uri} id={self.request_id}>"

@@ -121,28 +121,13 @@ def refresh_request(request: Request, entry: Entry, now: float) -> Request:
     dropped = {b"if-none-match", b"if-modified-since", b"range", b"if-range", b"cache-control"}
     fields = [(n, v) for n, v in request.headers.raw if n.lower() not in dropped]
     _add_validators(fields, entry)
-    copy = Request(
+    return request.copy(
         method="GET",
-        target=request.target,
-        path=request.path,
-        query=request.query,
         version="1.1",
         headers=Headers(fields),
-        host=request.host,
-        port=request.port,
-        server_port=request.server_port,
-        scheme=request.scheme,
-        client_host=request.client_host,
-        client_port=request.client_port,
-        client_ip=request.client_ip,
-        listener=request.listener,
         request_id=new_request_id(),
         received_at=now,
-        hop_by_hop=request.hop_by_hop,
-        tls=request.tls,
     )
-    copy.route = request.route
-    return copy
 
 
 def _add_validators(fields: list[tuple[bytes, bytes]], entry: Entry) -> bool:
