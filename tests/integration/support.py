@@ -525,7 +525,38 @@ class _Channel(HTTPChannel):
         self.on_lost(self)
 
 
-class UpstreamServer(Site):
+class LoopbackServer:
+    """
+    A server factory's listening on 127.0.0.1 (a port from the OS) for one
+    test: the factory keeps its open connections' protocols in C{channels};
+    stopping stops listening and drops them all.
+    """
+
+    channels: set[Any]
+    _port: Any = None
+
+    @property
+    def port(self) -> int:
+        return int(self._port.getHost().port)
+
+    def listen(self, test_case: TestCase) -> Any:
+        self._port = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[arg-type]
+        test_case.addCleanup(self.stop)
+        return self
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        """Stop listening and drop every open connection."""
+        port, self._port = self._port, None
+        if port is not None:
+            yield port.stopListening()
+        for channel in list(self.channels):
+            _abort(channel.transport)
+        name = type(self).__name__
+        yield wait_for(lambda: not self.channels, what=f"{name} connections to close")
+
+
+class UpstreamServer(LoopbackServer, Site):
     """
     A twisted.web upstream on 127.0.0.1, port chosen by the OS.
 
@@ -546,16 +577,6 @@ class UpstreamServer(Site):
         self.requests = 0
         self.streams: list[ByteStream] = []
         self.channels: set[_Channel] = set()
-        self._port: Any = None
-
-    @property
-    def port(self) -> int:
-        return self._port.getHost().port
-
-    def listen(self, test_case: TestCase) -> UpstreamServer:
-        self._port = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[arg-type]
-        test_case.addCleanup(self.stop)
-        return self
 
     def buildProtocol(self, addr: Any) -> Any:
         self.connections_accepted += 1
@@ -566,16 +587,6 @@ class UpstreamServer(Site):
 
     def log(self, request: Any) -> None:
         pass
-
-    @defer.inlineCallbacks
-    def stop(self) -> Any:
-        """Stop listening and drop every open connection."""
-        port, self._port = self._port, None
-        if port is not None:
-            yield port.stopListening()
-        for channel in list(self.channels):
-            _abort(channel.transport)
-        yield wait_for(lambda: not self.channels, what="upstream connections to close")
 
 
 def start_upstream(test_case: TestCase) -> UpstreamServer:

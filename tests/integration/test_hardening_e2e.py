@@ -165,7 +165,7 @@ class _FaultyChannel(Protocol):
         self.factory.channels.discard(self)
 
 
-class FaultyServer(ServerFactory):
+class FaultyServer(support.LoopbackServer, ServerFactory):
     """
     An HTTP/1.1 upstream on 127.0.0.1 answering each path of L{BEHAVIOURS}
     the broken way it names.
@@ -178,25 +178,6 @@ class FaultyServer(ServerFactory):
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.channels: set[_FaultyChannel] = set()
-        self._port: Any = None
-
-    @property
-    def port(self) -> int:
-        return self._port.getHost().port
-
-    def listen(self, test_case: Any) -> FaultyServer:
-        self._port = reactor.listenTCP(0, self, interface="127.0.0.1")
-        test_case.addCleanup(self.stop)
-        return self
-
-    @defer.inlineCallbacks
-    def stop(self) -> Steps:
-        port, self._port = self._port, None
-        if port is not None:
-            yield port.stopListening()
-        for channel in list(self.channels):
-            channel.transport.abortConnection()  # type: ignore[union-attr]
-        yield support.wait_for(lambda: not self.channels, what="faulty upstream connections")
 
 
 # -- the test cases ------------------------------------------------------------------
