@@ -35,7 +35,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -591,23 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"open files limit (soft) now {limit}; load average "
              + " ".join(f"{load:.2f}" for load in os.getloadavg()))
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
-    tmp = Path(tempfile.mkdtemp(prefix="gatewaykit-idle-"))
-    procs = bench.Processes(tmp)
     mode = idle_mode if args.mode == "idle" else overload_mode
-    try:
-        table = asyncio.run(mode(args, procs, tmp))
-    except bench.BenchError as exc:
-        progress(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            progress(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    table, status = bench.in_temp_dir(
+        "gatewaykit-idle-", args.keep_tmp,
+        lambda tmp: bench.with_processes(
+            tmp, lambda procs: asyncio.run(mode(args, procs, tmp))))
+    if status:
+        return status
     print(table)
     return 0
 

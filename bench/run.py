@@ -1248,19 +1248,24 @@ def run(args: argparse.Namespace, tmp: Path) -> list:
     return results
 
 
-def in_temp_dir(prefix: str, keep: bool,
-                work: Callable[[Path], Any]) -> tuple[Any, int]:
+def in_temp_dir(prefix: str, keep: bool, work: Callable[[Path], Any],
+                failures: tuple[type[BaseException], ...] = (BenchError,),
+                failure_status: int = 1,
+                on_failure: Callable[[Path], None] | None = None,
+                ) -> tuple[Any, int]:
     """
     work(tmp) in a fresh temp dir, removed afterwards unless keep: (its
-    result, 0), or (None, 1) after saying why when it raised BenchError,
-    (None, 130) on Ctrl-C.
+    result, 0), or (None, failure_status) after saying why (and calling
+    on_failure(tmp)) when it raised one of failures, (None, 130) on Ctrl-C.
     """
     tmp = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         return work(tmp), 0
-    except BenchError as exc:
+    except failures as exc:
         progress(f"error: {exc}")
-        return None, 1
+        if on_failure is not None:
+            on_failure(tmp)
+        return None, failure_status
     except KeyboardInterrupt:
         progress("interrupted")
         return None, 130
@@ -1269,6 +1274,15 @@ def in_temp_dir(prefix: str, keep: bool,
             progress(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def with_processes(tmp: Path, work: Callable[[Processes], Any]) -> Any:
+    """work(procs) with a Processes in tmp, every process stopped after."""
+    procs = Processes(tmp)
+    try:
+        return work(procs)
+    finally:
+        procs.stop_all()
 
 
 def main(argv: list[str] | None = None) -> int:

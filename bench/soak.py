@@ -44,7 +44,6 @@ import signal
 import string
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -63,10 +62,12 @@ from run import (  # noqa: E402
     Processes,
     free_port,
     gatewaykit_http_config,
+    in_temp_dir,
     progress,
     start_gatewaykit,
     start_upstream,
     tail,
+    with_processes,
 )
 from websocket import (  # noqa: E402
     FIN,
@@ -1054,23 +1055,14 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every child is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))
     progress("load average: " + " ".join(f"{load:.2f}" for load in os.getloadavg()))
-    tmp = Path(tempfile.mkdtemp(prefix="gatewaykit-soak-"))
-    procs = Processes(tmp)
-    try:
-        result = asyncio.run(soak(args, procs, tmp))
-    except (BenchError, OSError, http.client.HTTPException) as exc:
-        progress(f"error: {exc}")
-        progress(tail(tmp / "gatewaykit.log"))
-        return 2
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
-    finally:
-        procs.stop_all()
-        if args.keep_tmp:
-            progress(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    result, status = in_temp_dir(
+        "gatewaykit-soak-", args.keep_tmp,
+        lambda tmp: with_processes(tmp, lambda procs: asyncio.run(soak(args, procs, tmp))),
+        failures=(BenchError, OSError, http.client.HTTPException),
+        failure_status=2,
+        on_failure=lambda tmp: progress(tail(tmp / "gatewaykit.log")))
+    if status:
+        return status
     summary = summarise(args, result)
     print(report(args, result, summary))
     if args.json:
