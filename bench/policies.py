@@ -63,6 +63,7 @@ from run import (  # noqa: E402  (bench/ is not a package)
     pinned,
     progress,
     run_wrk,
+    save_json,
     start_gatewaykit,
     start_upstream,
     summarise,
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if "profile" in found:
         print("\n" + found["profile"])
     if args.json:
-        args.json.write_text(json.dumps({
+        save_json(args.json, {
             "environment": {**facts, "loadavg_end": load_end},
             "settings": {key: (str(value) if isinstance(value, Path) else value)
                          for key, value in vars(args).items()},
@@ -527,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             "summary": rows,
             "median_ratio": statistics.median(ratios) if ratios else None,
             "runs": [asdict(result) for result in results],
-        }, indent=2) + "\n")
-        progress(f"raw results saved to {args.json}")
+        })
     return 0
 
 

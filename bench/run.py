@@ -1248,6 +1248,12 @@ def run(args: argparse.Namespace, tmp: Path) -> list:
     return results
 
 
+def save_json(path: Path, data: dict, what: str = "raw results") -> None:
+    """Write data to path as indented JSON, and say so."""
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    progress(f"{what} saved to {path}")
+
+
 def in_temp_dir(prefix: str, keep: bool, work: Callable[[Path], Any],
                 failures: tuple[type[BaseException], ...] = (BenchError,),
                 failure_status: int = 1,
@@ -1307,7 +1313,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(results, scenario, args.targets, args.sizes)
     print(markdown_table(rows, scenario))
     if args.json:
-        args.json.write_text(json.dumps({
+        save_json(args.json, {
             "environment": facts,
             "settings": {
                 "scenario": args.scenario, "rounds": args.rounds,
@@ -1318,8 +1324,7 @@ def main(argv: list[str] | None = None) -> int:
             },
             "summary": rows,
             "runs": [asdict(result) for result in results],
-        }, indent=2) + "\n")
-        progress(f"raw results saved to {args.json}")
+        })
     return 0
 
 

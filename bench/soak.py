@@ -64,6 +64,7 @@ from run import (  # noqa: E402
     gatewaykit_http_config,
     in_temp_dir,
     progress,
+    save_json,
     start_gatewaykit,
     start_upstream,
     tail,
@@ -1068,13 +1069,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         settings = {key: (str(value) if isinstance(value, Path) else value)
                     for key, value in vars(args).items() if key != "serve_tcp_echo"}
-        args.json.write_text(json.dumps({
+        save_json(args.json, {
             "settings": settings, "ports": result["ports"],
             "samples": [asdict(sample) for sample in result["samples"]],
             "after": asdict(result["after"]) if result["after"] else None,
             "summary": summary,
-        }, indent=2) + "\n")
-        progress(f"samples and summary saved to {args.json}")
+        }, "samples and summary")
     return 0 if summary["passed"] else 1
 
 

@@ -70,6 +70,7 @@ from run import (  # noqa: E402  (bench/ is not a package)
     markdown_table,
     pinned,
     progress,
+    save_json,
     start_gatewaykit,
     start_nginx,
     summarise,
@@ -1047,14 +1048,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nload average (1, 5, 15 min): {load_start} at the start, "
           f"{load_end} at the end")
     if args.json:
-        args.json.write_text(json.dumps({
+        save_json(args.json, {
             "environment": {**facts, "loadavg_end": load_end},
             "settings": {key: (str(value) if isinstance(value, Path) else value)
                          for key, value in vars(args).items()},
             "summary": rows,
             "runs": [asdict(result) for result in results],
-        }, indent=2) + "\n")
-        progress(f"raw results saved to {args.json}")
+        })
     return 0
 
 
