@@ -23,7 +23,7 @@ from gatewaykit.config.model import RedisConfig, SentinelConfig
 from gatewaykit.interfaces import IStateStore
 from gatewaykit.state import Decision, StoreUnavailable
 from gatewaykit.state.memory import MemoryStore
-from gatewaykit.state.redis import RedisAddress, RedisStore
+from gatewaykit.state.redis import BATCH_LIMIT, RedisAddress, RedisStore
 from tests.integration import support
 from tests.integration.support import RedisServer, Steps
 
@@ -141,6 +141,47 @@ class RedisStoreTests(TestCase):
         """An unknown algorithm is a programming error, not an outage."""
         yield self.assertFailure(self.store.rate_limit("k", 1, 1.0, 0, "leaky"), ValueError)
         self.assertTrue(self.store.available)
+
+    @defer.inlineCallbacks
+    def test_one_round_trip_per_iteration(self) -> Steps:
+        """
+        Decisions asked for in one reactor iteration go in one EVALSHA
+        (BATCH_LIMIT at most each), in order, each with its own algorithm,
+        key and limit, and each gets its own answer.
+        """
+        yield self.store.rate_limit("warm", 1, 1.0, 0, "gcra")  # connected, script loaded
+        before = yield self.evalsha_calls()
+        asked = [
+            (f"batch:{algorithm}:{index % 3}", limit, algorithm)
+            for index in range(BATCH_LIMIT + 6)
+            for algorithm, limit in (("gcra", 5), ("fixed_window", 7), ("sliding_window", 9))
+            if index % 3 == 0 or algorithm == "gcra"
+        ]
+        decisions = yield defer.gatherResults(
+            [
+                self.store.rate_limit(key, limit, 3600.0, 0, algorithm)
+                for key, limit, algorithm in asked
+            ]
+        )
+        self.assertEqual((yield self.evalsha_calls()) - before, 2)
+        # Each key counted down by itself, in the order asked, to 0 and refusals.
+        seen: dict[str, int] = {}
+        for (key, limit, _), decision in zip(asked, decisions, strict=True):
+            seen[key] = seen.get(key, 0) + 1
+            expected = max(0, limit - seen[key])
+            self.assertEqual(
+                (decision.limit, decision.remaining, decision.allowed),
+                (limit, expected, seen[key] <= limit),
+                key,
+            )
+
+    @defer.inlineCallbacks
+    def evalsha_calls(self) -> Steps:
+        info = yield self.server.command("INFO", "commandstats")
+        for line in info.decode().splitlines():
+            if line.startswith("cmdstat_evalsha:"):
+                return int(line.split("calls=")[1].split(",")[0])
+        return 0
 
     @defer.inlineCallbacks
     def test_script_flush(self) -> Steps:

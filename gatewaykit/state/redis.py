@@ -13,6 +13,10 @@ within about a second of it coming back.
 
 Rate limits run as Lua scripts (C{state/lua/*.lua}) with C{EVALSHA}: one
 round trip per decision, atomic, on Redis's clock so that every node agrees.
+The decisions asked for in one reactor iteration share that round trip: they
+go as one C{EVALSHA} of L{BATCH_SCRIPT} (each algorithm's script as a Lua
+function, run once per decision, in order), because txredisapi's cost per
+command, not Redis, is what limits a busy gateway (docs/performance.md).
 
 Keys are used as given: callers namespace them (C{gk:rl:...} for rate
 limits, C{gk:session:...}, C{gk:sticky:...}).
@@ -23,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import math
+from functools import partial
 from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlsplit
 
@@ -56,20 +61,71 @@ _UNAVAILABLE_REPLIES = ("LOADING", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS
 _CONNECTION_FAILURES = (txredisapi.ConnectionError, ConnectError, ConnectionClosed)
 
 
+# Decisions sent in one EVALSHA at most (more in one iteration: several).
+BATCH_LIMIT = 64
+
+# Values of a decision's reply (see the scripts' headers).
+REPLY_LENGTH = 7
+
+
+def _lua_source(name: str) -> bytes:
+    """The script C{state/lua/NAME.lua} of this package."""
+    return importlib.resources.files("gatewaykit.state").joinpath(f"lua/{name}.lua").read_bytes()
+
+
+def _batch_source() -> bytes:
+    """
+    One script running any number of decisions: KEYS are their keys, ARGV
+    four values per decision (algorithm, limit, window, burst); the reply
+    is one string of each decision's reply, one after the other, integers
+    separated by spaces. (txredisapi reads an array of integers one line at
+    a time in Python; one string is one C{split}.)
+    """
+    functions = b"".join(
+        b"algorithms['%s'] = function(KEYS, ARGV)\n%s\nend\n"
+        % (name.encode("ascii"), _lua_source(name))
+        for name in ALGORITHMS
+    )
+    return (
+        b"local algorithms = {}\n"
+        + functions
+        + b"""local replies = {}
+for i, key in ipairs(KEYS) do
+  local at = (i - 1) * 4
+  local reply = algorithms[ARGV[at + 1]]({key}, {ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]})
+  for j, value in ipairs(reply) do
+    reply[j] = string.format('%.0f', value)
+  end
+  replies[i] = table.concat(reply, ' ')
+end
+return table.concat(replies, ' ')
+"""
+    )
+
+
 @frozen
 class Script:
-    """A Lua script of C{state/lua} and its SHA-1 (what C{EVALSHA} names it by)."""
+    """A Lua script and its SHA-1 (what C{EVALSHA} names it by)."""
 
-    name: str
     source: bytes
     sha: str
 
     @classmethod
-    def load(cls, name: str) -> "Script":
-        """The script C{state/lua/NAME.lua} of this package."""
-        source = importlib.resources.files("gatewaykit.state").joinpath(f"lua/{name}.lua")
-        data = source.read_bytes()
-        return cls(name, data, hashlib.sha1(data).hexdigest())
+    def of(cls, source: bytes) -> "Script":
+        """The script of C{source}."""
+        return cls(source, hashlib.sha1(source).hexdigest())
+
+
+BATCH_SCRIPT = Script.of(_batch_source())
+
+
+@frozen
+class _Waiting:
+    """A decision asked for in this reactor iteration, not yet sent."""
+
+    key: str
+    arguments: tuple[str, int, str, int]
+    answer: defer.Deferred[tuple[Decision, float]]
 
 
 @frozen
@@ -142,9 +198,14 @@ def _as_bytes(value: Any) -> Optional[bytes]:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def _parse_reply(reply: list[Any]) -> tuple[Decision, float]:
-    """A script's reply as a L{Decision} and the server time it was made at."""
-    allowed, capacity, remaining, reset_after, retry_after, sec, usec = reply
+def _parse_reply(reply: list[str], start: int = 0) -> tuple[Decision, float]:
+    """
+    The decision of a script's reply at C{start} as a L{Decision} and the
+    server time it was made at.
+    """
+    allowed, capacity, remaining, reset_after, retry_after, sec, usec = reply[
+        start : start + REPLY_LENGTH
+    ]
     decision = Decision(
         bool(int(allowed)),
         int(capacity),
@@ -171,7 +232,7 @@ class RedisStore:
     def __init__(self, config: RedisConfig, reactor: Any) -> None:
         self._reactor = reactor
         self._timeout = config.timeout
-        self._scripts = {name: Script.load(name) for name in ALGORITHMS}
+        self._waiting: list[_Waiting] = []
         self._redis, self._disconnect = _connect(
             config, reactor, self.pool_size, lambda: self._went_away("connection lost")
         )
@@ -196,13 +257,20 @@ class RedisStore:
         As L{rate_limit}, also giving the Redis server time the decision was
         made at (for diagnostics, and for tests comparing with the memory
         store's arithmetic).
+
+        The decision waits for the end of this reactor iteration, and goes
+        to Redis with the others asked for in it.
         """
-        script = self._scripts.get(algorithm)
-        if script is None:
+        if algorithm not in ALGORITHMS:
             return defer.fail(ValueError(f"unknown rate-limit algorithm {algorithm!r}"))
-        args = [limit, repr(float(window)), burst]
-        d = self._call(lambda: self._run(script, [key], args))
-        return d.addCallback(_parse_reply)
+        refusal = self._refusal()
+        if refusal is not None:
+            return defer.fail(refusal)
+        if not self._waiting:
+            self._reactor.callLater(0, self._send_waiting)
+        answer: defer.Deferred[tuple[Decision, float]] = defer.Deferred()
+        self._waiting.append(_Waiting(key, (algorithm, limit, repr(float(window)), burst), answer))
+        return answer
 
     def get(self, key: str) -> defer.Deferred[Optional[bytes]]:
         d = self._call(lambda: self._redis.get(key))
@@ -226,12 +294,43 @@ class RedisStore:
 
     # -- calls -----------------------------------------------------------
 
+    def _send_waiting(self) -> None:
+        """Send the decisions asked for in the iteration that ended."""
+        waiting, self._waiting = self._waiting, []
+        for start in range(0, len(waiting), BATCH_LIMIT):
+            batch = waiting[start : start + BATCH_LIMIT]
+            keys = [decision.key for decision in batch]
+            arguments = [value for decision in batch for value in decision.arguments]
+            d = self._call(partial(self._run, BATCH_SCRIPT, keys, arguments))
+            d.addCallbacks(
+                self._decided, self._undecided, callbackArgs=(batch,), errbackArgs=(batch,)
+            )
+
+    @staticmethod
+    def _decided(reply: str, batch: list[_Waiting]) -> None:
+        values = reply.split()
+        for index, decision in enumerate(batch):
+            # (A caller that cancelled its Deferred ignores the answer.)
+            decision.answer.callback(_parse_reply(values, index * REPLY_LENGTH))
+
+    @staticmethod
+    def _undecided(failure: Failure, batch: list[_Waiting]) -> None:
+        for decision in batch:
+            decision.answer.errback(failure)
+
+    def _refusal(self) -> Optional[StoreUnavailable]:
+        """Why a call must fail at once, if it must."""
+        if self._closed:
+            return StoreUnavailable("the store is closed")
+        if not self.available:
+            return StoreUnavailable("Redis is unavailable (probing)")
+        return None
+
     def _call(self, command: Callable[[], defer.Deferred[Any]]) -> defer.Deferred[Any]:
         """Run C{command} within the timeout, or fail at once while Redis is away."""
-        if self._closed:
-            return defer.fail(StoreUnavailable("the store is closed"))
-        if not self.available:
-            return defer.fail(StoreUnavailable("Redis is unavailable (probing)"))
+        refusal = self._refusal()
+        if refusal is not None:
+            return defer.fail(refusal)
         d = defer.maybeDeferred(command)
         # A timed-out command keeps its place in txredisapi's reply queue,
         # so its late reply is dropped there instead of answering the next.

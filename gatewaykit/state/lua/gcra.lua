@@ -3,9 +3,8 @@
 -- ARGV: limit, window (seconds), burst.
 -- Returns {allowed, capacity, remaining, reset_after, retry_after, sec, usec}:
 -- durations in nanoseconds and the server time the decision was made at, all
--- integers. (Redis would truncate Lua numbers with a fraction; and a client
--- reads integer replies faster than strings: txredisapi takes a reactor turn
--- for each string of a reply.)
+-- integers (the batch script, gatewaykit.state.redis, prints them).
+-- Each script here is the body of one function of that batch script.
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
