@@ -24,6 +24,7 @@ from gatewaykit.interfaces import IPolicy, IPolicyFactory, IStateStore
 from gatewaykit.policies.chain import Identity, PolicyCall
 from gatewaykit.policies.rate_limit import (
     QUOTA_EXCEEDED,
+    REMEMBERED_KEYS,
     KeyPart,
     RateLimit,
     RateLimitFactory,
@@ -399,6 +400,43 @@ class KeyTests(SynchronousTestCase):
         self.assertRegex(one.key_for(call), r"^gk:rl:one:[0-9a-f]{64}$")
         self.assertEqual(one.key_for(call)[10:], two.key_for(call)[10:])
         self.assertNotEqual(one.key_for(call), two.key_for(call))
+
+    def test_store_key_remembered(self) -> None:
+        """
+        Store keys are remembered per key value, up to REMEMBERED_KEYS, and
+        are the same as computed afresh; list claims (unhashable) are keyed too.
+        """
+        gateway = Gateway(self, {"one": options()})
+        policy = gateway.policy("one")
+
+        def call_from(ip: str) -> PolicyCall:
+            request = Request("GET", b"/", "/", client_host=ip)
+            return PolicyCall(request, None)  # type: ignore[arg-type]
+
+        first = policy.key_for(call_from("10.0.0.1"))
+        self.assertEqual(policy.key_for(call_from("10.0.0.1")), first)
+        self.assertEqual(policy._store_key(("10.0.0.1",)), first)
+        self.assertNotEqual(policy.key_for(call_from("10.0.0.2")), first)
+        for index in range(REMEMBERED_KEYS + 10):
+            policy.key_for(call_from(f"10.1.{index // 256}.{index % 256}"))
+        self.assertLessEqual(len(policy._keys), REMEMBERED_KEYS)
+        self.assertEqual(policy.key_for(call_from("10.0.0.1")), first)
+
+    def test_list_claim(self) -> None:
+        """A claim that is a list (not hashable) keys its own counter too."""
+        gateway = Gateway(
+            self, {"p": options(limit=1, key=["jwt:groups"])}, routes={"/": ("identity", "p")}
+        )
+        admins = get(X_Kind="jwt", X_Claims='{"groups": ["admin", "ops"]}')
+        self.assertEqual(
+            self.statuses(
+                gateway,
+                (admins, "10.0.0.1"),
+                (get(X_Kind="jwt", X_Claims='{"groups": ["ops"]}'), "10.0.0.1"),
+                (admins, "10.0.0.2"),
+            ),
+            [200, 200, 429],
+        )
 
 
 class SeveralPoliciesTests(SynchronousTestCase):

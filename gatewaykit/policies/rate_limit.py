@@ -46,6 +46,9 @@ from gatewaykit.state.memory import MemoryStore
 KEY_PREFIX = "gk:rl:"
 """Store keys of rate limits: C{gk:rl:<policy>:<sha256 of the key parts>}."""
 
+# Key values whose store keys a policy remembers (then it starts over).
+REMEMBERED_KEYS = 4096
+
 QUOTA_EXCEEDED = "https://iana.org/assignments/http-problem-types#quota-exceeded"
 """The problem type of a 429 from a rate limit (the RateLimit draft's)."""
 
@@ -196,6 +199,9 @@ class RateLimit:
         window = _seconds(options.window) or 1
         self._policy_member = b"%s;q=%d;w=%d" % (quoted, options.limit, window)
         self._local_policy_member = b"%s;q=%d;w=%d" % (quoted, self._local_limit, window)
+        # The store keys of recent key values: a JSON dump and a SHA-256
+        # per request showed in profiles.
+        self._keys: dict[tuple[Any, ...], str] = {}
         self.allowed = 0
         self.limited = 0
         self.degraded = 0
@@ -206,7 +212,19 @@ class RateLimit:
         SHA-256 of its key parts (a part the request lacks counts as one
         shared value).
         """
-        values = [part.value(call) for part in self.options.key]
+        values = tuple([part.value(call) for part in self.options.key])
+        try:
+            return self._keys[values]
+        except KeyError:
+            pass
+        except TypeError:  # a claim that is a list or an object
+            return self._store_key(values)
+        if len(self._keys) >= REMEMBERED_KEYS:
+            self._keys.clear()
+        key = self._keys[values] = self._store_key(values)
+        return key
+
+    def _store_key(self, values: tuple[Any, ...]) -> str:
         composed = json.dumps(values, sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha256(composed.encode("utf-8")).hexdigest()
         return f"{KEY_PREFIX}{self.name}:{digest}"

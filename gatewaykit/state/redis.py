@@ -75,8 +75,9 @@ def _lua_source(name: str) -> bytes:
 
 def _batch_source() -> bytes:
     """
-    One script running any number of decisions: KEYS are their keys, ARGV
-    four values per decision (algorithm, limit, window, burst); the reply
+    One script running any number of decisions: KEYS are their keys, ARGV[1]
+    four words per decision (algorithm, limit, window, burst; one argument
+    for them all, as txredisapi encodes each argument in Python); the reply
     is one string of each decision's reply, one after the other, integers
     separated by spaces. (txredisapi reads an array of integers one line at
     a time in Python; one string is one C{split}.)
@@ -89,10 +90,10 @@ def _batch_source() -> bytes:
     return (
         b"local algorithms = {}\n"
         + functions
-        + b"""local replies = {}
-for i, key in ipairs(KEYS) do
-  local at = (i - 1) * 4
-  local reply = algorithms[ARGV[at + 1]]({key}, {ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]})
+        + b"""local replies, i = {}, 0
+for algorithm, limit, window, burst in string.gmatch(ARGV[1], '(%S+) (%S+) (%S+) (%S+)') do
+  i = i + 1
+  local reply = algorithms[algorithm]({KEYS[i]}, {limit, window, burst})
   for j, value in ipairs(reply) do
     reply[j] = string.format('%.0f', value)
   end
@@ -124,8 +125,9 @@ class _Waiting:
     """A decision asked for in this reactor iteration, not yet sent."""
 
     key: str
-    arguments: tuple[str, int, str, int]
-    answer: defer.Deferred[tuple[Decision, float]]
+    arguments: str
+    answer: defer.Deferred[Any]
+    timed: bool  # answer with (decision, server time), not the decision alone
 
 
 @frozen
@@ -246,9 +248,7 @@ class RedisStore:
     def rate_limit(
         self, key: str, limit: int, window: float, burst: int, algorithm: str
     ) -> defer.Deferred[Decision]:
-        return self.evaluate(key, limit, window, burst, algorithm).addCallback(
-            lambda result: result[0]
-        )
+        return self._decide(key, limit, window, burst, algorithm, timed=False)
 
     def evaluate(
         self, key: str, limit: int, window: float, burst: int, algorithm: str
@@ -261,6 +261,11 @@ class RedisStore:
         The decision waits for the end of this reactor iteration, and goes
         to Redis with the others asked for in it.
         """
+        return self._decide(key, limit, window, burst, algorithm, timed=True)
+
+    def _decide(
+        self, key: str, limit: int, window: float, burst: int, algorithm: str, timed: bool
+    ) -> defer.Deferred[Any]:
         if algorithm not in ALGORITHMS:
             return defer.fail(ValueError(f"unknown rate-limit algorithm {algorithm!r}"))
         refusal = self._refusal()
@@ -268,8 +273,9 @@ class RedisStore:
             return defer.fail(refusal)
         if not self._waiting:
             self._reactor.callLater(0, self._send_waiting)
-        answer: defer.Deferred[tuple[Decision, float]] = defer.Deferred()
-        self._waiting.append(_Waiting(key, (algorithm, limit, repr(float(window)), burst), answer))
+        answer: defer.Deferred[Any] = defer.Deferred()
+        arguments = f"{algorithm} {limit:d} {float(window)!r} {burst:d}"
+        self._waiting.append(_Waiting(key, arguments, answer, timed))
         return answer
 
     def get(self, key: str) -> defer.Deferred[Optional[bytes]]:
@@ -299,9 +305,9 @@ class RedisStore:
         waiting, self._waiting = self._waiting, []
         for start in range(0, len(waiting), BATCH_LIMIT):
             batch = waiting[start : start + BATCH_LIMIT]
-            keys = [decision.key for decision in batch]
-            arguments = [value for decision in batch for value in decision.arguments]
-            d = self._call(partial(self._run, BATCH_SCRIPT, keys, arguments))
+            keys = [waiting.key for waiting in batch]
+            arguments = " ".join([waiting.arguments for waiting in batch])
+            d = self._call(partial(self._run, BATCH_SCRIPT, keys, [arguments]))
             d.addCallbacks(
                 self._decided, self._undecided, callbackArgs=(batch,), errbackArgs=(batch,)
             )
@@ -309,14 +315,15 @@ class RedisStore:
     @staticmethod
     def _decided(reply: str, batch: list[_Waiting]) -> None:
         values = reply.split()
-        for index, decision in enumerate(batch):
+        for index, waiting in enumerate(batch):
+            timed = _parse_reply(values, index * REPLY_LENGTH)
             # (A caller that cancelled its Deferred ignores the answer.)
-            decision.answer.callback(_parse_reply(values, index * REPLY_LENGTH))
+            waiting.answer.callback(timed if waiting.timed else timed[0])
 
     @staticmethod
     def _undecided(failure: Failure, batch: list[_Waiting]) -> None:
-        for decision in batch:
-            decision.answer.errback(failure)
+        for waiting in batch:
+            waiting.answer.errback(failure)
 
     def _refusal(self) -> Optional[StoreUnavailable]:
         """Why a call must fail at once, if it must."""
