@@ -55,6 +55,7 @@ def makeService(options: Options) -> IService:
     from gatewaykit.admin.state import LocalState, SupervisorState
     from gatewaykit.config import ConfigError, load_config
     from gatewaykit.demo import demo_config_path, demo_upstreams
+    from gatewaykit.runtime import tune_garbage_collection
     from gatewaykit.service import GatewayService
     from gatewaykit.workers import Supervisor, worker_count
 
@@ -86,4 +87,6 @@ def makeService(options: Options) -> IService:
                 admin.reconfigure(new.gateway.admin)
 
         gateway.on_reloaded.append(reconfigure)
+    # (twistd starts the services before the reactor runs.)
+    reactor.callWhenRunning(tune_garbage_collection)
     return top

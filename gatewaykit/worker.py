@@ -27,6 +27,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineOnlyReceiver
 
 from gatewaykit.config import ConfigError, load_config
+from gatewaykit.runtime import tune_garbage_collection
 
 log = Logger()
 
@@ -170,6 +171,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ControlChannel(worker), stdin=arguments.control_in, stdout=arguments.control_out
     )
     log.info("worker {index} serving", index=arguments.index)
+    reactor.callWhenRunning(tune_garbage_collection)
     reactor.run()
     return 0
 
