@@ -26,6 +26,7 @@ setup(
         "pyopenssl",
         "service-identity",
         "txredisapi",
+        "hiredis>=2",  # txredisapi parses replies with it (in C) when installed
         "zope.interface",
         "httptools>=0.6",
         "h2>=4.1",  # HTTP/2 downstream; brings hpack and hyperframe

@@ -79,8 +79,8 @@ def _batch_source() -> bytes:
     four words per decision (algorithm, limit, window, burst; one argument
     for them all, as txredisapi encodes each argument in Python); the reply
     is one string of each decision's reply, one after the other, integers
-    separated by spaces. (txredisapi reads an array of integers one line at
-    a time in Python; one string is one C{split}.)
+    separated by spaces (one string is one C{split}; without hiredis,
+    txredisapi would read an array of integers one line at a time in Python).
     """
     functions = b"".join(
         b"algorithms['%s'] = function(KEYS, ARGV)\n%s\nend\n"
