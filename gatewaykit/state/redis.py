@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from attrs import frozen
+from attrs import define, frozen
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectionClosed
@@ -120,7 +120,7 @@ class Script:
 BATCH_SCRIPT = Script.of(_batch_source())
 
 
-@frozen
+@define
 class _Waiting:
     """A decision asked for in this reactor iteration, not yet sent."""
 
@@ -200,7 +200,7 @@ def _as_bytes(value: Any) -> Optional[bytes]:
     return value.encode("utf-8") if isinstance(value, str) else value
 
 
-def _parse_reply(reply: list[str], start: int = 0) -> tuple[Decision, float]:
+def _parse_reply(reply: list[int], start: int = 0) -> tuple[Decision, float]:
     """
     The decision of a script's reply at C{start} as a L{Decision} and the
     server time it was made at.
@@ -209,14 +209,14 @@ def _parse_reply(reply: list[str], start: int = 0) -> tuple[Decision, float]:
         start : start + REPLY_LENGTH
     ]
     decision = Decision(
-        bool(int(allowed)),
-        int(capacity),
-        int(remaining),
-        int(reset_after) / 1e9,  # the scripts count durations in nanoseconds
-        int(retry_after) / 1e9,
+        allowed == 1,
+        capacity,
+        remaining,
+        reset_after / 1e9,  # the scripts count durations in nanoseconds
+        retry_after / 1e9,
     )
     # The same arithmetic as the script's, so a test can replay it exactly.
-    return decision, int(sec) + int(usec) / 1000000
+    return decision, sec + usec / 1000000
 
 
 @implementer(IStateStore)
@@ -314,7 +314,7 @@ class RedisStore:
 
     @staticmethod
     def _decided(reply: str, batch: list[_Waiting]) -> None:
-        values = reply.split()
+        values = list(map(int, reply.split()))
         for index, waiting in enumerate(batch):
             timed = _parse_reply(values, index * REPLY_LENGTH)
             # (A caller that cancelled its Deferred ignores the answer.)
