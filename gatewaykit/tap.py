@@ -40,6 +40,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"] and not self["demo"]:
             raise usage.UsageError("give --config PATH (or --demo)")
+        # twistd installs its default reactor only after the options are
+        # parsed (and has installed the one --reactor names already).
+        from gatewaykit.reactor import install_if_none
+
+        install_if_none()
         workers = self["workers"]
         if workers is not None and workers != "auto":
             if not workers.isdigit() or int(workers) < 1:

@@ -27,6 +27,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineOnlyReceiver
 
 from gatewaykit.config import ConfigError, load_config
+from gatewaykit.reactor import install_if_none
 from gatewaykit.runtime import tune_garbage_collection
 
 log = Logger()
@@ -134,6 +135,7 @@ def listening_sockets(config: Any, specs: list[str]) -> dict[str, socket.socket]
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run one worker until the supervisor stops it."""
+    install_if_none()
     from twisted.internet import reactor as installed
 
     from gatewaykit.admin.metrics import Metrics
@@ -170,7 +172,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     stdio.StandardIO(  # type: ignore[call-arg]  # POSIX StandardIO takes the fds
         ControlChannel(worker), stdin=arguments.control_in, stdout=arguments.control_out
     )
-    log.info("worker {index} serving", index=arguments.index)
+    log.info(
+        "worker {index} serving (reactor {reactor})",
+        index=arguments.index,
+        reactor=type(reactor).__qualname__,
+    )
     reactor.callWhenRunning(tune_garbage_collection)
     reactor.run()
     return 0

@@ -44,6 +44,13 @@ class ForwardingTests(support.GatewayTestCase):
         self.assertEqual((seen["method"], seen["uri"]), ("GET", "/headers?x=1"))
 
     @defer.inlineCallbacks
+    def test_gatewaykit_reactor(self) -> support.Steps:
+        """twistd gatewaykit runs on gatewaykit.reactor.GatewayReactor when no --reactor is given."""
+        gateway, response = yield self.get_headers()
+        self.assertEqual(response.status, 200)
+        self.assertIn("reactor class: gatewaykit.reactor.GatewayReactor", gateway.output)
+
+    @defer.inlineCallbacks
     def test_forwarded_headers(self) -> support.Steps:
         """The upstream sees X-Forwarded-For/Proto/Host/Port and Via: 1.1 <node>."""
         gateway, response = yield self.get_headers()

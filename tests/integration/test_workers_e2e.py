@@ -64,6 +64,8 @@ class WorkersTests(support.GatewayTestCase):
         counts = {pid: owners.count(pid) for pid in set(owners)}
         log.msg(f"workers: 20 connections spread as {counts}")
         self.assertEqual(set(owners), set(worker_pids(gateway)))
+        # The workers run on gatewaykit's reactor, as a single process does.
+        self.assertEqual(gateway.output.count("serving (reactor GatewayReactor)"), 2)
         # The kernel hashes each connection to a worker: 20 land 3:17 or
         # more even with probability above 99.9%.
         self.assertTrue(all(count >= 3 for count in counts.values()), counts)

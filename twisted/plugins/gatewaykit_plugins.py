@@ -5,6 +5,7 @@ Only names and lazy module paths live here: Twisted imports this file while
 scanning for plugins, so it must stay cheap and must not touch the reactor.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 from gatewaykit.plugins import LazyBalancerFactory, LazyPolicyFactory
@@ -14,6 +15,11 @@ gatewaykit = ServiceMaker(
     "gatewaykit.tap",
     "Reverse proxy, load balancer and API gateway.",
     "gatewaykit",
+)
+
+# What `twistd gatewaykit` installs unless --reactor names another.
+gatewaykit_reactor = Reactor(
+    "gatewaykit", "gatewaykit.reactor", "epoll without a log context per event (gatewaykit)"
 )
 
 round_robin = LazyBalancerFactory(
