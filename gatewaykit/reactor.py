@@ -12,20 +12,21 @@ log lines say which request, connection or upstream they are about, so
 this reactor calls the handler directly; lines logged from event handlers
 show C{[-]} as their system.
 
-C{twistd gatewaykit} and the workers install it unless another reactor
-was asked for (C{twistd --reactor NAME gatewaykit ...}); it is also
-registered as the reactor plugin C{gatewaykit}.
+C{twistd gatewaykit} installs it unless another reactor was asked for
+(C{twistd --reactor NAME gatewaykit ...}), and workers run on the reactor
+their supervisor runs on; it is also registered as the reactor plugin
+C{gatewaykit}.
 """
 
 from __future__ import annotations
 
 import errno
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from twisted.internet.epollreactor import EPollReactor
 
-__all__ = ["GatewayReactor", "install", "install_if_none"]
+__all__ = ["GatewayReactor", "install", "install_if_none", "install_named", "name_of"]
 
 
 class GatewayReactor(EPollReactor):
@@ -57,6 +58,27 @@ def install() -> None:
     from twisted.internet.main import installReactor
 
     installReactor(GatewayReactor())
+
+
+def name_of(reactor: Any) -> Optional[str]:
+    """The reactor plugin name of C{reactor}'s kind (C{None} if no plugin names it)."""
+    from twisted.application.reactors import getReactorTypes
+
+    module = type(reactor).__module__
+    for plugin in getReactorTypes():
+        if getattr(plugin, "moduleName", None) == module:
+            return str(plugin.shortName)
+    return None
+
+
+def install_named(name: Optional[str]) -> None:
+    """Install the reactor plugin C{name}, or L{GatewayReactor} for C{None}."""
+    if name is None:
+        install_if_none()
+        return
+    from twisted.application.reactors import installReactor
+
+    installReactor(name)
 
 
 def install_if_none() -> None:

@@ -27,7 +27,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.protocols.basic import LineOnlyReceiver
 
 from gatewaykit.config import ConfigError, load_config
-from gatewaykit.reactor import install_if_none
+from gatewaykit.reactor import install_named
 from gatewaykit.runtime import tune_garbage_collection
 
 log = Logger()
@@ -119,6 +119,9 @@ def parse_arguments(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--listen", action="append", default=[], metavar="NAME=PORT")
     parser.add_argument("--control-in", type=int, required=True)
     parser.add_argument("--control-out", type=int, required=True)
+    parser.add_argument(
+        "--reactor", default=None, help="reactor plugin name (default: gatewaykit's)"
+    )
     return parser.parse_args(argv)
 
 
@@ -135,7 +138,8 @@ def listening_sockets(config: Any, specs: list[str]) -> dict[str, socket.socket]
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run one worker until the supervisor stops it."""
-    install_if_none()
+    arguments = parse_arguments(argv)
+    install_named(arguments.reactor)
     from twisted.internet import reactor as installed
 
     from gatewaykit.admin.metrics import Metrics
@@ -143,7 +147,6 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     reactor: Any = installed
 
-    arguments = parse_arguments(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     try:
         config = load_config(arguments.config)

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 
 from gatewaykit.config import ConfigError, load_config
 from gatewaykit.config.model import Config
+from gatewaykit.reactor import name_of
 from gatewaykit.service import ReloadResult, bound_socket, listener_key
 
 log = Logger()
@@ -218,6 +219,9 @@ class Supervisor(Service):
         ]
         for name, sock in sorted(self.sockets.items()):
             args += ["--listen", f"{name}={sock.getsockname()[1]}"]
+        reactor_name = name_of(self.reactor)
+        if reactor_name is not None:
+            args += ["--reactor", reactor_name]  # the one twistd was told to use
         worker.started_at = self.reactor.seconds()
         self.reactor.spawnProcess(
             worker, sys.executable, args, env=dict(os.environ), childFDs=child_fds

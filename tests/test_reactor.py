@@ -8,11 +8,13 @@ from __future__ import annotations
 import socket
 from typing import Callable
 
+from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.testing import MemoryReactor
 from twisted.python import context, log
 from twisted.trial.unittest import SynchronousTestCase
 
-from gatewaykit.reactor import GatewayReactor
+from gatewaykit.reactor import GatewayReactor, name_of
 
 
 class Recorder(Protocol):
@@ -79,3 +81,17 @@ class GatewayReactorTests(SynchronousTestCase):
         self.protocols[0].connectionLost = lost.append  # type: ignore[method-assign]
         client.close()
         self.iterate_until(lambda: bool(lost))
+
+
+class NameTests(SynchronousTestCase):
+    """The reactor plugin name a supervisor passes to its workers."""
+
+    def test_names(self) -> None:
+        """gatewaykit's reactor and Twisted's epoll by their plugin names; a fake by none."""
+        ours, twisteds = GatewayReactor(), EPollReactor()
+        self.addCleanup(ours._poller.close)
+        self.addCleanup(twisteds._poller.close)
+        self.assertEqual(
+            (name_of(ours), name_of(twisteds), name_of(MemoryReactor())),
+            ("gatewaykit", "epoll", None),
+        )

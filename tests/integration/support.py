@@ -203,7 +203,8 @@ def with_policies(config: dict, policies: dict, **route_policies: Sequence[str])
 
 class GatewayProcess(ProcessProtocol):
     """
-    C{twistd -n gatewaykit --config PATH} as a child process.
+    C{twistd -n [twistd_arguments] gatewaykit --config PATH [arguments]} as a
+    child process.
 
     @ivar output: everything the process wrote so far (stdout and stderr).
     @ivar exit_code: the exit code once it ended (C{None} if killed by a signal).
@@ -215,10 +216,12 @@ class GatewayProcess(ProcessProtocol):
         config: Any,
         listeners: tuple[str, ...] = ("web",),
         arguments: Sequence[str] = (),
+        twistd_arguments: Sequence[str] = (),
     ) -> None:
         self._test_case = test_case
         self._listeners = listeners
         self._arguments = tuple(arguments)
+        self._twistd_arguments = tuple(twistd_arguments)
         self.config_path = ""
         self._config = config if isinstance(config, str) else yaml.safe_dump(config)
         self._ports: dict[str, int] = {}
@@ -262,6 +265,7 @@ class GatewayProcess(ProcessProtocol):
             "from twisted.scripts.twistd import run; run()",
             "-n",
             "--pidfile=",
+            *self._twistd_arguments,
             "gatewaykit",
             "--config",
             path,
@@ -835,10 +839,17 @@ class GatewayTestCase(TestCase):
         return start_upstream(self)
 
     def start_gateway(
-        self, config: Any, listeners: tuple[str, ...] = ("web",), arguments: Sequence[str] = ()
+        self,
+        config: Any,
+        listeners: tuple[str, ...] = ("web",),
+        arguments: Sequence[str] = (),
+        twistd_arguments: Sequence[str] = (),
     ) -> defer.Deferred:
-        """A running L{GatewayProcess} for C{config} (a dict or YAML text)."""
-        return GatewayProcess(self, config, listeners, arguments).start()
+        """
+        A running L{GatewayProcess} for C{config} (a dict or YAML text);
+        C{arguments} follow C{gatewaykit}, C{twistd_arguments} precede it.
+        """
+        return GatewayProcess(self, config, listeners, arguments, twistd_arguments).start()
 
     @defer.inlineCallbacks
     def start_proxy(self, **config: Any) -> Any:

@@ -71,6 +71,23 @@ class WorkersTests(support.GatewayTestCase):
         self.assertTrue(all(count >= 3 for count in counts.values()), counts)
 
     @defer.inlineCallbacks
+    def test_workers_follow_twistd_reactor(self) -> support.Steps:
+        """With twistd --reactor epoll, the supervisor and the workers run on Twisted's epoll."""
+        upstream = self.start_upstream()
+        gateway = yield self.start_gateway(
+            support.proxy_config(upstream.port),
+            arguments=["--workers", "2"],
+            twistd_arguments=["--reactor", "epoll"],
+        )
+        yield support.wait_for(
+            lambda: gateway.output.count(" serving") >= 2, what="two workers serving"
+        )
+        self.assertIn("reactor class: twisted.internet.epollreactor.EPollReactor", gateway.output)
+        self.assertEqual(gateway.output.count("serving (reactor EPollReactor)"), 2)
+        response = yield support.curl(self, gateway.url("/headers"))
+        self.assertEqual(response.status, 200)
+
+    @defer.inlineCallbacks
     def test_dead_worker_restarted(self) -> support.Steps:
         """A worker killed is replaced, and requests keep being served meanwhile."""
         gateway, _ = yield self.start_workers()
