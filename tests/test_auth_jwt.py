@@ -177,6 +177,16 @@ class RefusedTokenTests(JWTCase):
         gateway.reactor.advance(300)
         self.assertRefused(gateway.request(request(bearer(signed))), "the token has expired")
 
+    def test_remembered_token_expires_after_leeway(self):
+        """A remembered token passes until exp + leeway, and is refused from then on."""
+        gateway = self.gateway("leeway: 30s")
+        signed = token(rsa_key(), "RS256", "rsa-1", exp=NOW + 10)
+        self.assertEqual(gateway.request(request(bearer(signed))).status, 200)
+        gateway.reactor.advance(39)
+        self.assertEqual(gateway.request(request(bearer(signed))).status, 200)
+        gateway.reactor.advance(1)
+        self.assertRefused(gateway.request(request(bearer(signed))), "the token has expired")
+
     def test_not_yet_valid(self):
         """nbf in the future."""
         signed = token(rsa_key(), "RS256", "rsa-1", nbf=NOW + 60)
@@ -321,6 +331,16 @@ class ForwardClaimsTests(JWTCase):
         fields = echoed(response)["fields"]
         self.assertEqual(fields["x-user-id"], ["user-42"])
         self.assertNotIn("x-tenant", fields)
+
+    def test_remembered_token_forwards_each_time(self):
+        """A remembered token's claims are set again, and client copies dropped, on every request."""
+        gateway = self.gateway("forward_claims: {sub: X-User-ID, tenant: X-Tenant}")
+        signed = token(rsa_key(), "RS256", "rsa-1", tenant="acme")
+        for forged in ("X-User-ID: admin", "X-Tenant: other", "X-User-ID: root"):
+            fields = echoed(gateway.request(request(bearer(signed), forged)))["fields"]
+            self.assertEqual(
+                (fields["x-user-id"], fields["x-tenant"]), (["user-42"], ["acme"]), forged
+            )
 
     def test_control_characters_dropped(self):
         """A claim with CR/LF is not turned into a field."""

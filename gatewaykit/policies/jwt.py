@@ -457,6 +457,55 @@ def scopes_of(claims: dict[str, Any]) -> frozenset[str]:
     return frozenset()
 
 
+@frozen
+class Verified:
+    """
+    A token whose signature, issuer, audience and required claims held,
+    with what every request that presents it needs worked out once: who it
+    names, its scopes, the fields sent upstream and the bounds its times
+    (C{exp}, C{nbf}, C{iat}, numbers) set with the policy's C{leeway}.
+    """
+
+    claims: dict[str, Any]
+    subject: str
+    scopes: frozenset[str]
+    forwarded: dict[str, str]
+    expires: float  # refused from then on (exp + leeway)
+    valid_from: float  # refused before (nbf - leeway)
+    issued: float  # refused before: issued in the future (iat - leeway)
+
+    @classmethod
+    def of(
+        cls, claims: dict[str, Any], leeway: float, forward_claims: Any
+    ) -> "Verified":
+        """C{claims} (times known to be numbers or absent) as L{Verified}."""
+        subject = claims.get("sub")
+        forwarded: dict[str, str] = {}
+        for claim, header in forward_claims:
+            value = claim_text(claims.get(claim))
+            if value is not None:
+                forwarded[header] = value
+        return cls(
+            claims,
+            subject if isinstance(subject, str) else "",
+            scopes_of(claims),
+            forwarded,
+            claims["exp"] + leeway if "exp" in claims else math.inf,
+            claims["nbf"] - leeway if "nbf" in claims else -math.inf,
+            claims["iat"] - leeway if "iat" in claims else -math.inf,
+        )
+
+    def time_problem(self, now: float) -> Optional[str]:
+        """Why the token is refused at C{now}, if it is."""
+        if now >= self.expires:
+            return "the token has expired"
+        if now < self.valid_from:
+            return "the token is not valid yet"
+        if now < self.issued:
+            return "the token was issued in the future"
+        return None
+
+
 # What a check ends with: nothing (go on) or the answer refusing the request.
 Verdict = Optional[GatewayError]
 
@@ -486,10 +535,10 @@ class JWTPolicy:
             options.jwks_timeout,
             name,
         )
-        # Claims of tokens whose signature, audience, issuer and required
-        # claims were verified, by token (see VERIFIED_TOKENS), and the
-        # key set generation they were verified with.
-        self._verified: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        # Tokens whose signature, audience, issuer and required claims were
+        # verified (see VERIFIED_TOKENS), and the key set generation they
+        # were verified with.
+        self._verified: OrderedDict[bytes, Verified] = OrderedDict()
         self._verified_generation = 0
         self._decode_options: dict[str, Any] = {
             # Times are checked against the reactor's clock below.
@@ -529,9 +578,9 @@ class JWTPolicy:
         token, source = self._token(call.request)
         if token is None:
             return unauthorized("a bearer token is required", self.challenge())
-        claims = self._remembered(token)
-        if claims is not None:
-            return self._claims_verified(call, token, claims, source)
+        verified = self._remembered(token)
+        if verified is not None:
+            return self._still_valid(call, token, verified, source)
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -585,66 +634,48 @@ class JWTPolicy:
                 return self._invalid(_description(e))
         if claims is None:
             return self._invalid("the signature does not verify")
-        self._remember(token, claims)
-        return self._claims_verified(call, token, claims, source)
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_number(claims[name]):
+                return self._invalid(f"the {name} claim is not a number")
+        verified = Verified.of(claims, options.leeway, self._options.forward_claims)
+        self._remember(token, verified)
+        return self._still_valid(call, token, verified, source)
 
-    def _claims_verified(
-        self, call: PolicyCall, token: bytes, claims: dict[str, Any], source: str
+    def _still_valid(
+        self, call: PolicyCall, token: bytes, verified: "Verified", source: str
     ) -> Verdict:
         """A token whose signature holds: its times decide."""
-        problem = self._check_times(claims)
+        problem = verified.time_problem(self._clock.seconds())
         if problem is not None:
             self._verified.pop(token, None)
             return self._invalid(problem)
-        self._accept(call, claims, source)
+        self._accept(call, verified, source)
         return None
 
-    def _remembered(self, token: bytes) -> Optional[dict[str, Any]]:
-        verified = self._verified_tokens()
-        claims = verified.get(token)
-        if claims is not None:
-            verified.move_to_end(token)
-        return claims
+    def _remembered(self, token: bytes) -> Optional["Verified"]:
+        tokens = self._verified_tokens()
+        verified = tokens.get(token)
+        if verified is not None:
+            tokens.move_to_end(token)
+        return verified
 
-    def _remember(self, token: bytes, claims: dict[str, Any]) -> None:
-        verified = self._verified_tokens()
-        verified[token] = claims
-        if len(verified) > VERIFIED_TOKENS:
-            verified.popitem(last=False)
+    def _remember(self, token: bytes, verified: "Verified") -> None:
+        tokens = self._verified_tokens()
+        tokens[token] = verified
+        if len(tokens) > VERIFIED_TOKENS:
+            tokens.popitem(last=False)
 
-    def _verified_tokens(self) -> OrderedDict[bytes, dict[str, Any]]:
+    def _verified_tokens(self) -> OrderedDict[bytes, "Verified"]:
         """The remembered tokens, forgotten if the key set changed since."""
         if self._verified_generation != self._keys.generation:
             self._verified.clear()
             self._verified_generation = self._keys.generation
         return self._verified
 
-    def _check_times(self, claims: dict[str, Any]) -> Optional[str]:
-        for name in ("exp", "nbf", "iat"):
-            if name in claims and not _is_number(claims[name]):
-                return f"the {name} claim is not a number"
-        now = self._clock.seconds()
-        leeway = self._options.leeway
-        if "exp" in claims and now >= claims["exp"] + leeway:
-            return "the token has expired"
-        if "nbf" in claims and now + leeway < claims["nbf"]:
-            return "the token is not valid yet"
-        if "iat" in claims and now + leeway < claims["iat"]:
-            return "the token was issued in the future"
-        return None
-
-    def _accept(self, call: PolicyCall, claims: dict[str, Any], source: str) -> None:
-        subject = claims.get("sub")
-        call.identity = Identity(
-            "jwt", subject if isinstance(subject, str) else "", scopes_of(claims), claims
-        )
+    def _accept(self, call: PolicyCall, verified: "Verified", source: str) -> None:
+        call.identity = Identity("jwt", verified.subject, verified.scopes, verified.claims)
         request = call.request
-        forwarded: dict[str, str] = {}
-        for claim, header in self._options.forward_claims:
-            value = claim_text(claims.get(claim))
-            if value is not None:
-                forwarded[header] = value
-        set_fields(request.headers, self._forward_names, forwarded)
+        set_fields(request.headers, self._forward_names, verified.forwarded)
         if self._options.strip:
             if source == "header":
                 request.headers.remove(self._options.header)
