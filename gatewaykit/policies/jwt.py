@@ -475,9 +475,7 @@ class Verified:
     issued: float  # refused before: issued in the future (iat - leeway)
 
     @classmethod
-    def of(
-        cls, claims: dict[str, Any], leeway: float, forward_claims: Any
-    ) -> "Verified":
+    def of(cls, claims: dict[str, Any], leeway: float, forward_claims: Any) -> "Verified":
         """C{claims} (times known to be numbers or absent) as L{Verified}."""
         subject = claims.get("sub")
         forwarded: dict[str, str] = {}
@@ -637,12 +635,12 @@ class JWTPolicy:
         for name in ("exp", "nbf", "iat"):
             if name in claims and not _is_number(claims[name]):
                 return self._invalid(f"the {name} claim is not a number")
-        verified = Verified.of(claims, options.leeway, self._options.forward_claims)
+        verified = Verified.of(claims, options.leeway, options.forward_claims)
         self._remember(token, verified)
         return self._still_valid(call, token, verified, source)
 
     def _still_valid(
-        self, call: PolicyCall, token: bytes, verified: "Verified", source: str
+        self, call: PolicyCall, token: bytes, verified: Verified, source: str
     ) -> Verdict:
         """A token whose signature holds: its times decide."""
         problem = verified.time_problem(self._clock.seconds())
@@ -652,27 +650,27 @@ class JWTPolicy:
         self._accept(call, verified, source)
         return None
 
-    def _remembered(self, token: bytes) -> Optional["Verified"]:
+    def _remembered(self, token: bytes) -> Optional[Verified]:
         tokens = self._verified_tokens()
         verified = tokens.get(token)
         if verified is not None:
             tokens.move_to_end(token)
         return verified
 
-    def _remember(self, token: bytes, verified: "Verified") -> None:
+    def _remember(self, token: bytes, verified: Verified) -> None:
         tokens = self._verified_tokens()
         tokens[token] = verified
         if len(tokens) > VERIFIED_TOKENS:
             tokens.popitem(last=False)
 
-    def _verified_tokens(self) -> OrderedDict[bytes, "Verified"]:
+    def _verified_tokens(self) -> OrderedDict[bytes, Verified]:
         """The remembered tokens, forgotten if the key set changed since."""
         if self._verified_generation != self._keys.generation:
             self._verified.clear()
             self._verified_generation = self._keys.generation
         return self._verified
 
-    def _accept(self, call: PolicyCall, verified: "Verified", source: str) -> None:
+    def _accept(self, call: PolicyCall, verified: Verified, source: str) -> None:
         call.identity = Identity("jwt", verified.subject, verified.scopes, verified.claims)
         request = call.request
         set_fields(request.headers, self._forward_names, verified.forwarded)
