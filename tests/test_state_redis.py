@@ -176,6 +176,15 @@ class RedisStoreTests(TestCase):
             )
 
     @defer.inlineCallbacks
+    def test_unreadable_reply(self) -> Steps:
+        """A batch reply that cannot be read fails its decisions; none is left waiting."""
+        self.patch(self.store, "_run", lambda *_: defer.succeed("1 5 4 not-a-number"))
+        first = self.store.rate_limit("a", 5, 1.0, 0, "gcra")
+        second = self.store.rate_limit("b", 5, 1.0, 0, "gcra")
+        yield self.assertFailure(first, ValueError)
+        yield self.assertFailure(second, ValueError)
+
+    @defer.inlineCallbacks
     def evalsha_calls(self) -> Steps:
         info = yield self.server.command("INFO", "commandstats")
         for line in info.decode().splitlines():

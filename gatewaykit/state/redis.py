@@ -302,15 +302,14 @@ class RedisStore:
 
     def _send_waiting(self) -> None:
         """Send the decisions asked for in the iteration that ended."""
-        waiting, self._waiting = self._waiting, []
-        for start in range(0, len(waiting), BATCH_LIMIT):
-            batch = waiting[start : start + BATCH_LIMIT]
+        pending, self._waiting = self._waiting, []
+        for start in range(0, len(pending), BATCH_LIMIT):
+            batch = pending[start : start + BATCH_LIMIT]
             keys = [waiting.key for waiting in batch]
             arguments = " ".join([waiting.arguments for waiting in batch])
             d = self._call(partial(self._run, BATCH_SCRIPT, keys, [arguments]))
-            d.addCallbacks(
-                self._decided, self._undecided, callbackArgs=(batch,), errbackArgs=(batch,)
-            )
+            # (A reply that cannot be read fails the decisions not answered yet.)
+            d.addCallback(self._decided, batch).addErrback(self._undecided, batch)
 
     @staticmethod
     def _decided(reply: str, batch: list[_Waiting]) -> None:
@@ -323,7 +322,8 @@ class RedisStore:
     @staticmethod
     def _undecided(failure: Failure, batch: list[_Waiting]) -> None:
         for waiting in batch:
-            waiting.answer.errback(failure)
+            if not waiting.answer.called:
+                waiting.answer.errback(failure)
 
     def _refusal(self) -> Optional[StoreUnavailable]:
         """Why a call must fail at once, if it must."""
