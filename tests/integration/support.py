@@ -531,21 +531,29 @@ class _Channel(HTTPChannel):
 
 class LoopbackServer:
     """
-    A server factory's listening on 127.0.0.1 (a port from the OS) for one
-    test: the factory keeps its open connections' protocols in C{channels};
-    stopping stops listening and drops them all.
+    A server factory's listening on 127.0.0.1 (a port from the OS unless
+    given) for one test: the factory keeps its open connections' protocols
+    in C{channels}; stopping stops listening and drops them all, like a
+    crash.
     """
 
-    channels: set[Any]
+    channels: set[Any] = frozenset()  # type: ignore[assignment]  # none kept
     _port: Any = None
 
     @property
     def port(self) -> int:
         return int(self._port.getHost().port)
 
-    def listen(self, test_case: TestCase) -> Any:
-        self._port = reactor.listenTCP(0, self, interface="127.0.0.1")  # type: ignore[arg-type]
-        test_case.addCleanup(self.stop)
+    @property
+    def label(self) -> str:
+        """What the server is called in timeout messages."""
+        return type(self).__name__
+
+    def listen(self, test_case: Optional[TestCase] = None, port: int = 0) -> Any:
+        """Listen; stopped on C{test_case}'s cleanup when one is given."""
+        self._port = reactor.listenTCP(port, self, interface="127.0.0.1")  # type: ignore[arg-type]
+        if test_case is not None:
+            test_case.addCleanup(self.stop)
         return self
 
     @defer.inlineCallbacks
@@ -556,8 +564,7 @@ class LoopbackServer:
             yield port.stopListening()
         for channel in list(self.channels):
             _abort(channel.transport)
-        name = type(self).__name__
-        yield wait_for(lambda: not self.channels, what=f"{name} connections to close")
+        yield wait_for(lambda: not self.channels, what=f"{self.label} connections to close")
 
 
 class UpstreamServer(LoopbackServer, Site):
@@ -932,7 +939,7 @@ class _NamedChannel(Protocol):
         self.factory.channels.discard(self)
 
 
-class NamedServer(ServerFactory):
+class NamedServer(LoopbackServer, ServerFactory):
     """
     A small fast HTTP/1.1 upstream on 127.0.0.1 that names itself: every
     answer is 200 with body C{NAME} and field C{X-Upstream: NAME}, after
@@ -955,35 +962,19 @@ class NamedServer(ServerFactory):
         self.health_checks = 0
         self.connections_accepted = 0
         self.channels: set[_NamedChannel] = set()
-        self._port: Any = None
 
     @property
-    def port(self) -> int:
-        return self._port.getHost().port
+    def label(self) -> str:
+        return self.name
 
     def event(self, kind: str) -> None:
         if self.on_event is not None:
             self.on_event(kind)
 
-    def listen(self, port: int = 0) -> NamedServer:
-        self._port = reactor.listenTCP(port, self, interface="127.0.0.1")
-        return self
-
-    @defer.inlineCallbacks
-    def stop(self) -> Any:
-        """Stop listening and drop every open connection, like a crash."""
-        port, self._port = self._port, None
-        if port is not None:
-            yield port.stopListening()
-        for channel in list(self.channels):
-            _abort(channel.transport)
-        yield wait_for(lambda: not self.channels, what=f"connections to {self.name} to close")
-
 
 def start_named(test_case: TestCase, name: str, delay: float = 0.0) -> NamedServer:
     """A listening L{NamedServer} in this process, stopped on cleanup."""
-    server = NamedServer(name, delay).listen()
-    test_case.addCleanup(server.stop)
+    server: NamedServer = NamedServer(name, delay).listen(test_case)
     return server
 
 
@@ -1001,7 +992,7 @@ def serve_named() -> None:
             reported.add(kind)
             print(f"{kind} {time.monotonic():.6f}", flush=True)
 
-    server = NamedServer(name, on_event=report).listen(int(port))
+    server = NamedServer(name, on_event=report).listen(port=int(port))
     print(f"listening {server.port}", flush=True)
     reactor.run()
 
@@ -1064,7 +1055,7 @@ class _CountedConnection(Protocol):
         _abort(self.transport)
 
 
-class ConnectionCounter(ServerFactory):
+class ConnectionCounter(LoopbackServer, ServerFactory):
     """
     A listener that counts the connections it accepts, as health checks or
     real requests by their first bytes, and drops each one like a crashed
@@ -1076,16 +1067,6 @@ class ConnectionCounter(ServerFactory):
     def __init__(self) -> None:
         self.health_checks = 0
         self.requests = 0
-        self._port: Any = None
-
-    def listen(self, test_case: TestCase, port: int) -> ConnectionCounter:
-        self._port = reactor.listenTCP(port, self, interface="127.0.0.1")
-        test_case.addCleanup(self.stop)
-        return self
-
-    def stop(self) -> defer.Deferred:
-        port, self._port = self._port, None
-        return port.stopListening() if port is not None else defer.succeed(None)
 
 
 @dataclass
