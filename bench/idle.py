@@ -40,7 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # gatewaykit
 import run as bench  # noqa: E402  (bench/run.py)
+
+from gatewaykit.runtime import YOUNG_THRESHOLD  # noqa: E402
 
 HOST = bench.HOST
 MIB = 1024 * 1024
@@ -60,6 +63,10 @@ GC_WRAPPER = """\
 import gc, sys, time
 threshold = {threshold!r}
 if threshold:
+    # gatewaykit sets its young threshold once serving (gatewaykit.runtime)
+    # and keeps the older ones it finds.
+    import gatewaykit.runtime
+    gatewaykit.runtime.YOUNG_THRESHOLD = threshold[0]
     gc.set_threshold(*threshold)
 started = [0.0]
 
@@ -360,7 +367,9 @@ async def run_wrk_warmup(args: argparse.Namespace, port: int, script: Path) -> N
 def gc_setting(args: argparse.Namespace) -> str:
     if args.gatewaykit_cmd_given:
         return "as --gatewaykit-cmd sets them"
-    return ", ".join(map(str, args.gc_threshold)) if args.gc_threshold else "Python's (700, 10, 10)"
+    if args.gc_threshold:
+        return ", ".join(map(str, args.gc_threshold))
+    return f"gatewaykit's ({YOUNG_THRESHOLD}, 10, 10)"
 
 
 def start_gateway(args: argparse.Namespace, procs: bench.Processes, tmp: Path,
@@ -550,14 +559,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-requests", type=int, default=100,
                         help="overload: the circuit breaker's max_requests (and max_pending)")
     parser.add_argument("--gc-threshold", type=gc_threshold, default=None,
-                        help="gatewaykit's gc.set_threshold, e.g. 50000,20,10 (default: Python's)")
+                        help="gatewaykit's gc.set_threshold, e.g. 50000,20,10 (default: "
+                        "gatewaykit's own, gatewaykit.runtime)")
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="as bench/run.py's (default: this Python's twistd, through a"
                         " wrapper that reports full garbage collections)")
-    parser.add_argument("--client-cpu", type=int, default=0,
-                        help="CPU for the clients, wrk and the upstream")
-    parser.add_argument("--proxy-cpu", type=int, default=1, help="CPU for gatewaykit")
-    parser.add_argument("--no-pin", action="store_true", help="do not use taskset")
+    bench.add_pinning_options(parser, "the clients, wrk and the upstream")
     parser.add_argument("--keep-tmp", action="store_true",
                         help="keep the temp dir (configs, logs)")
     parser.add_argument("--serve-upstream", type=int, default=None, help=argparse.SUPPRESS)
@@ -565,11 +572,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.gatewaykit_cmd_given = args.gatewaykit_cmd is not None
     if args.serve_upstream is not None:
         return args  # the built-in upstream, already pinned by its parent
-    if args.no_pin or shutil.which("taskset") is None:
-        args.client_cpu = args.proxy_cpu = None
-    elif not {args.client_cpu, args.proxy_cpu} <= os.sched_getaffinity(0):
-        parser.error(f"CPUs {args.client_cpu} and {args.proxy_cpu} are not both available;"
-                     " use --client-cpu/--proxy-cpu or --no-pin")
+    if shutil.which("taskset") is None:
+        args.no_pin = True
+    bench.check_pinning(parser, args)
     return args
 
 

@@ -54,6 +54,9 @@ from run import (  # noqa: E402  (bench/ is not a package)
     Processes,
     WrkBench,
     WrkResult,
+    add_output_options,
+    add_pinning_options,
+    check_pinning,
     environment,
     format_ms,
     free_port,
@@ -469,19 +472,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keep py-spy's raw (collapsed) stacks here")
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="as bench/run.py's")
-    parser.add_argument("--client-cpu", type=int, default=0,
-                        help="CPU for wrk, the upstream nginx and redis-server")
-    parser.add_argument("--proxy-cpu", type=int, default=1,
-                        help="CPU for gatewaykit")
-    parser.add_argument("--no-pin", action="store_true")
-    parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--keep-tmp", action="store_true")
+    add_pinning_options(parser, "wrk, the upstream nginx and redis-server")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
     if not args.targets or any(name not in TARGETS for name in args.targets):
         parser.error(f"--targets: choose from {','.join(TARGETS)}")
-    if args.no_pin:
-        args.client_cpu = args.proxy_cpu = None
+    check_pinning(parser, args)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args

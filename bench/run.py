@@ -267,6 +267,38 @@ def pinned(cpu: int | None, argv: list[str]) -> list[str]:
     return ["taskset", "-c", str(cpu), *argv]
 
 
+def add_pinning_options(parser: argparse.ArgumentParser,
+                        client: str = "the client (wrk, curl) and the "
+                        "upstream nginx") -> None:
+    """--client-cpu, --proxy-cpu and --no-pin, as every bench script takes them."""
+    parser.add_argument("--client-cpu", type=int, default=0,
+                        help=f"CPU for {client}")
+    parser.add_argument("--proxy-cpu", type=int, default=1,
+                        help="CPU for the proxy under test")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not use taskset")
+
+
+def check_pinning(parser: argparse.ArgumentParser,
+                  args: argparse.Namespace) -> None:
+    """With --no-pin nothing is pinned; otherwise both CPUs must be ours."""
+    if args.no_pin:
+        args.client_cpu = args.proxy_cpu = None
+    elif not {args.client_cpu, args.proxy_cpu} <= os.sched_getaffinity(0):
+        parser.error(f"CPUs {args.client_cpu} and {args.proxy_cpu} are not "
+                     "both available; use --client-cpu/--proxy-cpu or "
+                     "--no-pin")
+
+
+def add_output_options(parser: argparse.ArgumentParser,
+                       json_help: str = "also save raw results and the "
+                       "summary here") -> None:
+    """--json and --keep-tmp, as every bench script takes them."""
+    parser.add_argument("--json", type=Path, default=None, help=json_help)
+    parser.add_argument("--keep-tmp", action="store_true",
+                        help="keep the temp dir (configs, logs)")
+
+
 class Processes:
     """The long-running children of one benchmark run; stops them all."""
 
@@ -1144,17 +1176,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds of unrecorded load per target and "
                         "size before round 1; tcp: one unrecorded batch "
                         "when > 0 (0: none)")
-    parser.add_argument("--client-cpu", type=int, default=0,
-                        help="CPU for the client (wrk, curl) and the "
-                        "upstream nginx")
-    parser.add_argument("--proxy-cpu", type=int, default=1,
-                        help="CPU for the proxy under test")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not use taskset")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also save raw results and the summary here")
-    parser.add_argument("--keep-tmp", action="store_true",
-                        help="keep the temp dir (configs, logs)")
+    add_pinning_options(parser)
+    add_output_options(parser)
     parser.add_argument("--compare", action="append", default=[],
                         metavar="NAME=DIR",
                         help="proxy: one more target, NAME, running "
@@ -1184,12 +1207,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 parser.error(f"load {load} needs {tool}")
             progress(f"{tool} not found: no {load} load")
             args.sizes.remove(load)
-    if args.no_pin:
-        args.client_cpu = args.proxy_cpu = None
-    elif not {args.client_cpu, args.proxy_cpu} <= os.sched_getaffinity(0):
-        parser.error(f"CPUs {args.client_cpu} and {args.proxy_cpu} are not "
-                     "both available; use --client-cpu/--proxy-cpu or "
-                     "--no-pin")
+    check_pinning(parser, args)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     return args

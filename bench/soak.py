@@ -60,6 +60,7 @@ from run import (  # noqa: E402
     SIZES,
     BenchError,
     Processes,
+    add_output_options,
     free_port,
     gatewaykit_http_config,
     in_temp_dir,
@@ -1016,11 +1017,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-connections", type=int, default=200,
                         help="cap on client connections open at once")
     parser.add_argument("--seed", type=int, default=None, help="seed of the clients' randomness")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="save settings, samples and summary here")
     parser.add_argument("--gatewaykit-cmd", default=None, help="as bench/run.py's")
-    parser.add_argument("--keep-tmp", action="store_true",
-                        help="keep the temp dir (configs, logs)")
+    add_output_options(parser, "save settings, samples and summary here")
     parser.add_argument("--serve-tcp-echo", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_tcp_echo is not None:

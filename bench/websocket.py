@@ -62,6 +62,9 @@ from run import (  # noqa: E402  (bench/ is not a package)
     TransferResult,
     WrkBench,
     WrkResult,
+    add_output_options,
+    add_pinning_options,
+    check_pinning,
     environment,
     format_ms,
     free_port,
@@ -992,16 +995,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="as bench/run.py's: {config} is the generated "
                         "YAML, {python} this interpreter")
-    parser.add_argument("--client-cpu", type=int, default=0,
-                        help="CPU for the client and the upstream")
-    parser.add_argument("--proxy-cpu", type=int, default=1,
-                        help="CPU for the proxy under test")
-    parser.add_argument("--no-pin", action="store_true",
-                        help="do not use taskset")
-    parser.add_argument("--json", type=Path, default=None,
-                        help="also save raw results and the summary here")
-    parser.add_argument("--keep-tmp", action="store_true",
-                        help="keep the temp dir (configs, logs)")
+    add_pinning_options(parser, "the client and the upstream")
+    add_output_options(parser)
     args = parser.parse_args(argv)
     for option, names, allowed in (("--targets", args.targets, TARGETS),
                                    ("--loads", args.loads, LOADS)):
@@ -1010,11 +1005,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             parser.error(f"{option}: choose from {','.join(allowed)}")
     args.targets = list(dict.fromkeys(args.targets))
     args.loads = list(dict.fromkeys(args.loads))
-    if args.no_pin:
-        args.client_cpu = args.proxy_cpu = None
-    elif not {args.client_cpu, args.proxy_cpu} <= os.sched_getaffinity(0):
-        parser.error("--client-cpu and --proxy-cpu must be available CPUs "
-                     "(or --no-pin)")
+    check_pinning(parser, args)
     if args.rounds < 1 or args.connections < 1 or args.bulk_connections < 1:
         parser.error("--rounds and the connection counts must be at least 1")
     return args
