@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run import (  # noqa: E402  (bench/ is not a package)
     HOST,
+    PROJECT_DIR,
     SIZES,
     WRK_SCRIPT,
     BenchError,
@@ -363,16 +364,18 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[WrkResult], dict]:
     try:
         upstream_port = start_upstream(procs, args, tmp, 1, {},
                                        extra_directives=locations)[0]
-        stores = [store for store in STORES
+        stores = [store for store in (*STORES, *args.compare)
                   if any(t.startswith(store + "/") for t in args.targets)]
-        redis_port = start_redis(procs, args, tmp) if "redis" in stores else None
+        uses_redis = [store for store in stores if store != "memory"]
+        redis_port = start_redis(procs, args, tmp) if uses_redis else None
         ports, pids = {}, {}
         for store in stores:
             port = start_gatewaykit(
                 procs, args, tmp, f"gatewaykit-{store}",
                 lambda port, store=store: guarded_config(
                     port, upstream_port, jwks_path, args.alg,
-                    redis_port if store == "redis" else None))
+                    None if store == "memory" else redis_port),
+                source=args.compare.get(store, PROJECT_DIR))
             ports[store], pids[store] = port, procs.running[-1].pid
             check(store, port, tokens[0])
             progress(f"gatewaykit-{store}: listening on {HOST}:{port}, checked")
@@ -472,12 +475,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keep py-spy's raw (collapsed) stacks here")
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="as bench/run.py's")
+    parser.add_argument("--compare", action="append", default=[],
+                        metavar="NAME=DIR",
+                        help="one more store, NAME: gatewaykit with Redis, "
+                        "its code from the source tree DIR (say a git "
+                        "worktree of an earlier commit), giving targets "
+                        "NAME/bare and NAME/guarded for a before and after "
+                        "in one run; may be repeated")
     add_pinning_options(parser, "wrk, the upstream nginx and redis-server")
     add_output_options(parser)
     args = parser.parse_args(argv)
+    compared: dict[str, Path] = {}
+    for compare in args.compare:
+        name, _, tree = compare.partition("=")
+        source = Path(tree).resolve()
+        if not name or name in STORES or "/" in name or name in compared:
+            parser.error(f"--compare {compare}: give a new store NAME=DIR")
+        if not (source / "gatewaykit" / "__init__.py").is_file():
+            parser.error(f"--compare {compare}: no gatewaykit package in {source}")
+        compared[name] = source
+    args.compare = compared
+    known = TARGETS + tuple(f"{name}/{route}" for name in compared for route in ROUTES)
+    if args.targets == ",".join(TARGETS):
+        args.targets = ",".join(known)
     args.targets = [name.strip() for name in args.targets.split(",") if name.strip()]
-    if not args.targets or any(name not in TARGETS for name in args.targets):
-        parser.error(f"--targets: choose from {','.join(TARGETS)}")
+    if not args.targets or any(name not in known for name in args.targets):
+        parser.error(f"--targets: choose from {','.join(known)}")
     check_pinning(parser, args)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
