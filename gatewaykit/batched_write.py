@@ -26,7 +26,7 @@ from typing import Any
 
 from twisted.internet.tcp import Connection
 
-__all__ = ["write"]
+__all__ = ["send_now", "write"]
 
 _pending: list[Any] = []  # transports with bytes buffered by write(), in order
 
@@ -75,3 +75,15 @@ def _flush() -> None:
             # An error (the reactor meets it again and reports the loss) or
             # a full socket buffer: write events from here on.
             transport.startWriting()
+
+
+def send_now(transport: Any) -> None:
+    """
+    Send what C{transport} buffered from writes made by others (a library's
+    own C{transport.write}) now, rather than when the reactor next polls and
+    finds the socket writable: the C{epoll_wait} in between may bring a whole
+    batch of other events to handle first. What the socket does not take
+    stays with the transport, which already asked for write events.
+    """
+    if _plain(transport) and (transport._tempDataLen or transport.dataBuffer):
+        transport.doWrite()

@@ -57,8 +57,8 @@ class Sender(Protocol):
         self.lost.callback(None)
 
 
-class BatchedWriteTests(TestCase):
-    """L{write} on a plain TCP transport."""
+class Connected(TestCase):
+    """A plain TCP transport, C{self.transport}, to a L{Collector} on loopback."""
 
     @inlineCallbacks
     def setUp(self) -> Any:
@@ -78,6 +78,24 @@ class BatchedWriteTests(TestCase):
             self.transport.loseConnection()
             yield self.sender.lost
         yield self.collector.lost
+
+    def failing_send(self, errno: int) -> Any:
+        """Make the transport's socket's C{send} fail with C{errno}; returns the undo."""
+        real = self.transport.socket
+
+        class Failing:
+            def send(self, data: bytes) -> int:
+                raise OSError(errno, os.strerror(errno))
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+        self.transport.socket = Failing()
+        return lambda: setattr(self.transport, "socket", real)
+
+
+class BatchedWriteTests(Connected):
+    """L{write} on a plain TCP transport."""
 
     def next_turn(self) -> Deferred[None]:
         """Fires after the reactor's next iteration (after the batch is sent)."""
@@ -118,20 +136,6 @@ class BatchedWriteTests(TestCase):
         self.assertIn(self.transport, reactor.getWriters())
         write(self.transport, b"end")
         self.assertEqual((yield self.collector.expect(len(data) + 3)), data + b"end")
-
-    def failing_send(self, errno: int) -> Any:
-        """Make the transport's socket's C{send} fail with C{errno}; returns the undo."""
-        real = self.transport.socket
-
-        class Failing:
-            def send(self, data: bytes) -> int:
-                raise OSError(errno, os.strerror(errno))
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        self.transport.socket = Failing()
-        return lambda: setattr(self.transport, "socket", real)
 
     @inlineCallbacks
     def test_socket_full(self) -> Any:
@@ -179,6 +183,56 @@ class BatchedWriteTests(TestCase):
         yield self.sender.lost
         yield self.collector.lost
         self.assertEqual(bytes(self.collector.received), b"")
+
+
+class SendNowTests(Connected):
+    """L{batched_write.send_now}: a transport's own buffered writes, sent at once."""
+
+    @inlineCallbacks
+    def test_sent_now(self) -> Any:
+        """What transport.write buffered is on the wire before the reactor polls again."""
+        self.transport.write(b"command")
+        self.assertIn(self.transport, reactor.getWriters())
+        batched_write.send_now(self.transport)
+        self.assertEqual((self.transport.dataBuffer, self.transport._tempDataLen), (b"", 0))
+        self.assertNotIn(self.transport, reactor.getWriters())
+        self.assertEqual((yield self.collector.expect(7)), b"command")
+
+    @inlineCallbacks
+    def test_socket_full(self) -> Any:
+        """EAGAIN: the bytes stay queued with the transport, which still waits to write."""
+        undo = self.failing_send(errno.EAGAIN)
+        self.transport.write(b"queued")
+        batched_write.send_now(self.transport)
+        self.assertEqual(self.transport._tempDataBuffer + [self.transport.dataBuffer], [b"queued"])
+        self.assertIn(self.transport, reactor.getWriters())
+        undo()
+        self.assertEqual((yield self.collector.expect(6)), b"queued")
+
+    @inlineCallbacks
+    def test_send_error(self) -> Any:
+        """Another send error is left to the transport: the connection is reported lost."""
+        self.failing_send(errno.EPIPE)
+        self.transport.write(b"queued")
+        batched_write.send_now(self.transport)
+        yield self.sender.lost
+        self.assertTrue(self.transport.disconnected)
+
+    @inlineCallbacks
+    def test_closing(self) -> Any:
+        """A closing transport is left alone: its bytes go before the close, as always."""
+        self.transport.write(b"last")
+        self.transport.loseConnection()
+        batched_write.send_now(self.transport)
+        self.assertEqual(self.transport._tempDataLen, 4)
+        yield self.sender.lost
+        yield self.collector.lost
+        self.assertEqual(bytes(self.collector.received), b"last")
+
+    def test_nothing_buffered(self) -> None:
+        """With nothing buffered nothing happens (no write interest asked for)."""
+        batched_write.send_now(self.transport)
+        self.assertNotIn(self.transport, reactor.getWriters())
 
 
 class OtherTransportTests(SynchronousTestCase):
