@@ -6,6 +6,7 @@ action, may answer, may be asynchronous, and may act on the response.
 import json
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -15,7 +16,7 @@ from gatewaykit.http.errors import GatewayError
 from gatewaykit.http.message import Response
 from gatewaykit.http.stream import StreamWrapper
 from gatewaykit.interfaces import IPolicy, IPolicyFactory
-from gatewaykit.policies.chain import PolicyCall
+from gatewaykit.policies.chain import LATER, PolicyCall
 from gatewaykit.testing import GatewayHarness, make_config, parse_response, route
 
 
@@ -28,6 +29,7 @@ class ScriptedPolicy:
         self.options = options
         self.log = log
         self.pending: list[Deferred] = []
+        self.calls: list[PolicyCall] = []  # the ones it will resume
 
     def on_request(self, call: PolicyCall):
         self.log.append(self.name)
@@ -40,6 +42,9 @@ class ScriptedPolicy:
             d = Deferred()
             self.pending.append(d)
             return d
+        if behaviour == "resume":
+            self.calls.append(call)
+            return LATER
         if behaviour == "header":
             call.request.headers.add("X-Seen-By", self.name)
             call.on_response(lambda status, fields: fields.append((b"X-Hook", self.name.encode())))
@@ -191,3 +196,50 @@ class PolicyChainTests(SynchronousTestCase):
         gateway, factory = harness("now", "none")
         response = gateway.request(GET)
         self.assertEqual((factory.log, response.body), (["p0", "p1"], b"body"))
+
+
+class ResumeTests(SynchronousTestCase):
+    """A policy returning LATER holds the chain until it calls resume."""
+
+    def waiting(self, *behaviours: str):
+        gateway, factory = harness(*behaviours)
+        protocol, transport = gateway.connect()
+        protocol.dataReceived(GET)
+        return factory, protocol, transport
+
+    def test_resume_goes_on(self):
+        """resume() lets the request go on to the next policy and the action."""
+        factory, _, transport = self.waiting("resume", "header")
+        self.assertEqual((factory.log, transport.value()), (["p0"], b""))
+        factory.built["p0"].calls[0].resume()
+        self.assertEqual(factory.log, ["p0", "p1"])
+        response = parse_response(transport.value())
+        self.assertEqual((response.body, response.headers.get("x-hook")), (b"body", b"p1"))
+
+    def test_resume_with_answer(self):
+        """resume(answer) sends the answer; later policies don't run."""
+        factory, _, transport = self.waiting("resume", "none")
+        factory.built["p0"].calls[0].resume(GatewayError(429, "rate_limited", "slow down"))
+        self.assertEqual(parse_response(transport.value()).status, 429)
+        self.assertEqual(factory.log, ["p0"])
+
+    def test_resume_failed_is_500(self):
+        """resume_failed(failure) answers 500 and logs the failure."""
+        factory, _, transport = self.waiting("resume")
+        factory.built["p0"].calls[0].resume_failed(Failure(RuntimeError("store broke")))
+        self.assertEqual(parse_response(transport.value()).status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_crash_after_resume_is_500(self):
+        """A later policy raising after resume() gives a 500, not a hung request."""
+        factory, _, transport = self.waiting("resume", "crash")
+        factory.built["p0"].calls[0].resume()
+        self.assertEqual(parse_response(transport.value()).status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_client_gone_before_resume(self):
+        """If the client left while the policy waited, resume() runs nothing more."""
+        factory, protocol, transport = self.waiting("resume", "none")
+        protocol.connectionLost(None)
+        factory.built["p0"].calls[0].resume()
+        self.assertEqual(factory.log, ["p0"])

@@ -185,6 +185,54 @@ class RedisStoreTests(TestCase):
         yield self.assertFailure(second, ValueError)
 
     @defer.inlineCallbacks
+    def test_short_reply(self) -> Steps:
+        """A reply with fewer decisions than asked fails them all, none half-answered."""
+        self.patch(self.store, "_run", lambda *_: defer.succeed("1 5 4 0 0 1 2"))
+        first = self.store.rate_limit("a", 5, 1.0, 0, "gcra")
+        second = self.store.rate_limit("b", 5, 1.0, 0, "gcra")
+        yield self.assertFailure(first, ValueError)
+        yield self.assertFailure(second, ValueError)
+
+    @defer.inlineCallbacks
+    def test_decide_then(self) -> Steps:
+        """
+        decide_then answers with plain calls, with the caller's context and
+        Redis's time; a caller whose call raises is logged and the others
+        in its batch are still answered.
+        """
+        yield self.store.rate_limit("warm", 1, 1.0, 0, "gcra")
+        answers: list[tuple[str, int, float]] = []
+        done: defer.Deferred[None] = defer.Deferred()
+
+        def decided(decision: Decision, at: float, context: str) -> None:
+            answers.append((context, decision.remaining, at))
+            if context == "broken":
+                raise RuntimeError("the caller's own bug")
+            if len(answers) == 3:
+                done.callback(None)
+
+        def failed(failure: Any, context: str) -> None:
+            done.errback(failure)
+
+        for context in ("first", "broken", "second"):
+            self.store.decide_then("then", 3, 60.0, 0, "gcra", decided, failed, context)
+        self.assertEqual(answers, [])  # answered once Redis has replied
+        yield done
+        self.assertEqual([(c, r) for c, r, _ in answers], [("first", 2), ("broken", 1), ("second", 0)])
+        self.assertLess(abs(answers[0][2] - time.time()), 60)  # Redis's clock, in seconds
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_decide_then_refused(self) -> None:
+        """Asked while Redis is away or with a bad algorithm, decide_then fails at once."""
+        failures: list[tuple[Any, str]] = []
+        self.store.decide_then("x", 1, 1.0, 0, "leaky", None, lambda f, c: failures.append((f, c)), "bad")
+        self.store.available = False
+        self.store.decide_then("x", 1, 1.0, 0, "gcra", None, lambda f, c: failures.append((f, c)), "away")
+        self.assertEqual([context for _, context in failures], ["bad", "away"])
+        self.assertTrue(failures[0][0].check(ValueError))
+        self.assertTrue(failures[1][0].check(StoreUnavailable))
+
+    @defer.inlineCallbacks
     def evalsha_calls(self) -> Steps:
         info = yield self.server.command("INFO", "commandstats")
         for line in info.decode().splitlines():

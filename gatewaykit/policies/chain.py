@@ -10,6 +10,11 @@ An answer is a L{GatewayError}, a L{Response}, or any object with a
 C{write_to(stream)} method that writes a whole response itself (a cache
 hit: its stored head and body). A policy may also send a request of its
 own through the rest of the chain (L{PolicyCall.subrequest}).
+
+A policy that waits on something driven by callbacks rather than
+C{Deferred}s (the Redis store's rate-limit decisions) may return L{LATER}
+instead and call C{call.resume(answer)} (or C{call.resume_failed(failure)})
+once it knows: the same as a C{Deferred} firing, without making one.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ from gatewaykit.interfaces import IPolicy, IResponseStream, IRouteAction, IState
 log = Logger()
 
 ResponseHook = Callable[[int, list[tuple[bytes, bytes]]], None]
+
+
+class _Later:
+    def __repr__(self) -> str:
+        return "LATER"
+
+
+LATER: Any = _Later()
+"""
+What a policy's C{on_request} returns when it will answer by calling
+C{call.resume} or C{call.resume_failed} exactly once, later.
+"""
 
 
 class Identity:
@@ -126,6 +143,24 @@ class PolicyCall:
         """Have the response go through C{wrap(inner_stream)}."""
         self._wrappers.append(wrap)
 
+    def resume(self, answer: Any = None) -> None:
+        """
+        Go on after the running policy returned L{LATER}: C{None} lets the
+        request go on to the next policy, an answer is sent instead.
+        """
+        chain = self._chain
+        assert chain is not None, "this call is not running in a policy chain"
+        try:
+            chain._resumed(answer, self, self._next)
+        except Exception:
+            chain._crashed(Failure(), self, chain.policies[self._next - 1])
+
+    def resume_failed(self, failure: Failure) -> None:
+        """The running policy, which returned L{LATER}, failed: answer 500."""
+        chain = self._chain
+        assert chain is not None, "this call is not running in a policy chain"
+        chain._crashed(failure, self, chain.policies[self._next - 1])
+
     def later_policies(self) -> tuple[IPolicy, ...]:
         """
         The policies that run after the running one for this request (a
@@ -197,6 +232,8 @@ class PolicyChain:
                 return
             if result is None:
                 continue
+            if result is LATER:
+                return
             if isinstance(result, Deferred):
                 result.addCallbacks(
                     self._resumed,

@@ -39,7 +39,7 @@ from gatewaykit.config.schema import (
 )
 from gatewaykit.http.errors import GatewayError
 from gatewaykit.interfaces import IPolicy, IPolicyFactory, IStateStore
-from gatewaykit.policies.chain import PolicyCall, PolicyContext
+from gatewaykit.policies.chain import LATER, PolicyCall, PolicyContext
 from gatewaykit.state import Decision, StoreUnavailable
 from gatewaykit.state.memory import MemoryStore
 
@@ -184,8 +184,10 @@ class RateLimit:
         self.name = name
         self.options = options
         self._store = store
-        # The in-process store answers at once: skip the Deferred.
+        # The in-process store answers at once, and the Redis store can
+        # answer with plain calls: skip the Deferred for both.
         self._memory = store if isinstance(store, MemoryStore) else None
+        self._decide_then = getattr(store, "decide_then", None)
         self._clock = clock
         # Without gateway.redis the in-process store never fails; a store
         # given some other way gets the defaults.
@@ -237,6 +239,18 @@ class RateLimit:
                 key, options.limit, options.window, options.burst, options.algorithm
             )
             return self._answer(decision, call)
+        if self._decide_then is not None:
+            self._decide_then(
+                key,
+                options.limit,
+                options.window,
+                options.burst,
+                options.algorithm,
+                self._decided,
+                self._undecided,
+                call,
+            )
+            return LATER
         d = self._store.rate_limit(
             key, options.limit, options.window, options.burst, options.algorithm
         )
@@ -246,6 +260,24 @@ class RateLimit:
             callbackArgs=(call,),
             errbackArgs=(call, key),
         )
+
+    # The answers of decide_then: the chain goes on (or fails) from here.
+
+    def _decided(self, decision: Decision, at: float, call: PolicyCall) -> None:
+        try:
+            answer = self._answer(decision, call)
+        except Exception:
+            call.resume_failed(Failure())
+        else:
+            call.resume(answer)
+
+    def _undecided(self, failure: Failure, call: PolicyCall) -> None:
+        try:
+            answer = self._store_failed(failure, call, self.key_for(call))
+        except Exception:
+            call.resume_failed(Failure())
+        else:
+            call.resume(answer)
 
     def _answer(self, decision: Decision, call: PolicyCall, local: bool = False) -> Any:
         if decision.allowed:

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from attrs import define, frozen
+from attrs import frozen
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, ConnectionClosed
@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from gatewaykit import batched_write
 from gatewaykit.config.model import RedisConfig
 from gatewaykit.interfaces import IStateStore
 from gatewaykit.state import Decision, StoreUnavailable
@@ -120,14 +121,37 @@ class Script:
 BATCH_SCRIPT = Script.of(_batch_source())
 
 
-@define
-class _Waiting:
-    """A decision asked for in this reactor iteration, not yet sent."""
+Decided = Callable[[Decision, float, Any], None]
+"""Called as C{decided(decision, server_time, context)}."""
+Failed = Callable[[Failure, Any], None]
+"""Called as C{failed(failure, context)}."""
 
-    key: str
-    arguments: str
-    answer: defer.Deferred[Any]
-    timed: bool  # answer with (decision, server time), not the decision alone
+
+class _Waiting:
+    """A decision asked for in this reactor iteration, not yet answered."""
+
+    __slots__ = ("key", "arguments", "decided", "failed", "context")
+
+    def __init__(
+        self, key: str, arguments: str, decided: Decided, failed: Failed, context: Any
+    ) -> None:
+        self.key = key
+        self.arguments = arguments
+        self.decided = decided
+        self.failed = failed
+        self.context = context
+
+
+def _fire_decision(decision: Decision, at: float, answer: defer.Deferred[Any]) -> None:
+    answer.callback(decision)
+
+
+def _fire_timed(decision: Decision, at: float, answer: defer.Deferred[Any]) -> None:
+    answer.callback((decision, at))
+
+
+def _fire_failure(failure: Failure, answer: defer.Deferred[Any]) -> None:
+    answer.errback(failure)
 
 
 @frozen
@@ -248,7 +272,11 @@ class RedisStore:
     def rate_limit(
         self, key: str, limit: int, window: float, burst: int, algorithm: str
     ) -> defer.Deferred[Decision]:
-        return self._decide(key, limit, window, burst, algorithm, timed=False)
+        answer: defer.Deferred[Decision] = defer.Deferred()
+        self.decide_then(
+            key, limit, window, burst, algorithm, _fire_decision, _fire_failure, answer
+        )
+        return answer
 
     def evaluate(
         self, key: str, limit: int, window: float, burst: int, algorithm: str
@@ -261,22 +289,39 @@ class RedisStore:
         The decision waits for the end of this reactor iteration, and goes
         to Redis with the others asked for in it.
         """
-        return self._decide(key, limit, window, burst, algorithm, timed=True)
+        answer: defer.Deferred[tuple[Decision, float]] = defer.Deferred()
+        self.decide_then(key, limit, window, burst, algorithm, _fire_timed, _fire_failure, answer)
+        return answer
 
-    def _decide(
-        self, key: str, limit: int, window: float, burst: int, algorithm: str, timed: bool
-    ) -> defer.Deferred[Any]:
+    def decide_then(
+        self,
+        key: str,
+        limit: int,
+        window: float,
+        burst: int,
+        algorithm: str,
+        decided: Decided,
+        failed: Failed,
+        context: Any = None,
+    ) -> None:
+        """
+        As L{rate_limit}, answering with plain calls instead of a
+        C{Deferred} (the cost of one showed in the rate-limit profile):
+        C{decided(decision, server_time, context)} or, with
+        L{StoreUnavailable} or another failure, C{failed(failure, context)};
+        exactly one of them, once, maybe before this returns.
+        """
         if algorithm not in ALGORITHMS:
-            return defer.fail(ValueError(f"unknown rate-limit algorithm {algorithm!r}"))
+            failed(Failure(ValueError(f"unknown rate-limit algorithm {algorithm!r}")), context)
+            return
         refusal = self._refusal()
         if refusal is not None:
-            return defer.fail(refusal)
+            failed(Failure(refusal), context)
+            return
         if not self._waiting:
             self._reactor.callLater(0, self._send_waiting)
-        answer: defer.Deferred[Any] = defer.Deferred()
         arguments = f"{algorithm} {limit:d} {float(window)!r} {burst:d}"
-        self._waiting.append(_Waiting(key, arguments, answer, timed))
-        return answer
+        self._waiting.append(_Waiting(key, arguments, decided, failed, context))
 
     def get(self, key: str) -> defer.Deferred[Optional[bytes]]:
         d = self._call(lambda: self._redis.get(key))
@@ -310,20 +355,39 @@ class RedisStore:
             d = self._call(partial(self._run, BATCH_SCRIPT, keys, [arguments]))
             # (A reply that cannot be read fails the decisions not answered yet.)
             d.addCallback(self._decided, batch).addErrback(self._undecided, batch)
+        self._send_now()
+
+    def _send_now(self) -> None:
+        """
+        Put the commands just made on the wire at once: txredisapi's writes
+        would wait for the reactor's next poll, and the events it brings
+        (each a request to handle) would go first, the decisions after.
+        """
+        for connection in self._redis._factory.pool:
+            transport = connection.transport
+            if transport is not None:
+                batched_write.send_now(transport)
 
     @staticmethod
     def _decided(reply: str, batch: list[_Waiting]) -> None:
         values = list(map(int, reply.split()))
+        if len(values) != len(batch) * REPLY_LENGTH:
+            raise ValueError(f"a batch of {len(batch)} decisions was answered {reply!r}")
+        # Every decision is answered from here on: a caller's failure is its own.
         for index, waiting in enumerate(batch):
-            timed = _parse_reply(values, index * REPLY_LENGTH)
-            # (A caller that cancelled its Deferred ignores the answer.)
-            waiting.answer.callback(timed if waiting.timed else timed[0])
+            decision, at = _parse_reply(values, index * REPLY_LENGTH)
+            try:
+                waiting.decided(decision, at, waiting.context)
+            except Exception:
+                log.failure("answering a rate-limit decision failed")
 
     @staticmethod
     def _undecided(failure: Failure, batch: list[_Waiting]) -> None:
         for waiting in batch:
-            if not waiting.answer.called:
-                waiting.answer.errback(failure)
+            try:
+                waiting.failed(failure, waiting.context)
+            except Exception:
+                log.failure("answering a failed rate-limit decision failed")
 
     def _refusal(self) -> Optional[StoreUnavailable]:
         """Why a call must fail at once, if it must."""
