@@ -348,25 +348,31 @@ class RedisStore:
     def _send_waiting(self) -> None:
         """Send the decisions asked for in the iteration that ended."""
         pending, self._waiting = self._waiting, []
+        connection = self._connection()
         for start in range(0, len(pending), BATCH_LIMIT):
             batch = pending[start : start + BATCH_LIMIT]
             keys = [waiting.key for waiting in batch]
             arguments = " ".join([waiting.arguments for waiting in batch])
-            d = self._call(partial(self._run, BATCH_SCRIPT, keys, [arguments]))
+            d = self._call(partial(self._run, BATCH_SCRIPT, keys, [arguments], connection))
             # (A reply that cannot be read fails the decisions not answered yet.)
             d.addCallback(self._decided, batch).addErrback(self._undecided, batch)
-        self._send_now()
+        if connection is not self._redis:
+            # On the wire now: txredisapi's write would wait for the
+            # reactor's next poll, and the events that brings (each a
+            # request to handle) would go first, the decisions after.
+            batched_write.send_now(connection.transport)
 
-    def _send_now(self) -> None:
+    def _connection(self) -> Any:
         """
-        Put the commands just made on the wire at once: txredisapi's writes
-        would wait for the reactor's next poll, and the events it brings
-        (each a request to handle) would go first, the decisions after.
+        Where this turn's decisions go: one connected connection of the
+        pool, so that Redis runs the batches in the order they were asked
+        for (txredisapi would pick one at random for each command); while
+        none is connected, the pool itself, which waits for one.
         """
         for connection in self._redis._factory.pool:
-            transport = connection.transport
-            if transport is not None:
-                batched_write.send_now(transport)
+            if connection.connected and connection.transport is not None:
+                return connection
+        return self._redis
 
     @staticmethod
     def _decided(reply: str, batch: list[_Waiting]) -> None:
@@ -408,15 +414,21 @@ class RedisStore:
         d.addTimeout(self._timeout, self._reactor)
         return d.addErrback(self._failed)
 
-    def _run(self, script: Script, keys: list[str], args: list[Any]) -> defer.Deferred[Any]:
-        """C{EVALSHA}; when Redis lost the script (a restart, a flush), load it and retry once."""
+    def _run(
+        self, script: Script, keys: list[str], args: list[Any], redis: Any = None
+    ) -> defer.Deferred[Any]:
+        """
+        C{EVALSHA} on C{redis} (a connection, or the pool by default); when
+        Redis lost the script (a restart, a flush), load it and retry once.
+        """
+        redis = self._redis if redis is None else redis
 
         def reload(failure: Failure) -> defer.Deferred[Any]:
             failure.trap(txredisapi.ScriptDoesNotExist)
-            d = self._redis.script_load(script.source)
-            return d.addCallback(lambda _: self._redis.evalsha(script.sha, keys, args))
+            d = redis.script_load(script.source)
+            return d.addCallback(lambda _: redis.evalsha(script.sha, keys, args))
 
-        return self._redis.evalsha(script.sha, keys, args).addErrback(reload)
+        return redis.evalsha(script.sha, keys, args).addErrback(reload)
 
     def _failed(self, failure: Failure) -> Failure:
         if failure.check(defer.TimeoutError):
