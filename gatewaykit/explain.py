@@ -47,6 +47,7 @@ from gatewaykit.interfaces import IPolicy, IPolicyFactory, IStateStore
 from gatewaykit.listeners.http import HTTP11ServerFactory
 from gatewaykit.plugins import policy_factories
 from gatewaykit.policies.basic_auth import BasicAuthFactory
+from gatewaykit.policies.chain import LATER
 from gatewaykit.policies.forward_auth import ForwardAuthFactory
 from gatewaykit.policies.jwt import JWTFactory
 from gatewaykit.state import Decision
@@ -388,14 +389,13 @@ class ObservedPolicy:
             raise
         finally:
             journal.current = None
+        if result is LATER:  # it would resume the call itself; offline it never does
+            return self._assume_pass(step, call)
         if isinstance(result, Deferred):
             settled: list[Any] = []
             result.addBoth(_keep, settled)
             if not settled:
-                step["outcome"] = "assumed_pass"
-                step["notes"].append(self._waits_for())
-                call.values[_IDENTITY_KEY] = self.name
-                return None
+                return self._assume_pass(step, call)
             decided = settled[0]
         else:
             decided = result
@@ -421,6 +421,12 @@ class ObservedPolicy:
         else:
             step["outcome"] = "refuse" if answer.status >= 400 else "answer"
             step["headers"] = _field_dict(answer.fields)
+
+    def _assume_pass(self, step: dict[str, Any], call: Any) -> None:
+        """Take a decision that waits for something outside as a pass, and say so."""
+        step["outcome"] = "assumed_pass"
+        step["notes"].append(self._waits_for())
+        call.values[_IDENTITY_KEY] = self.name
 
     def _waits_for(self) -> str:
         options = self._options

@@ -15,11 +15,16 @@ import sys
 import time
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from gatewaykit import cli
 from gatewaykit.config import load_config
-from gatewaykit.explain import ExplainError, explain, render_text
+from gatewaykit.explain import ExplainError, Journal, ObservedPolicy, explain, render_text
+from gatewaykit.http.message import Request
+from gatewaykit.interfaces import IPolicy
+from gatewaykit.policies.chain import LATER, PolicyCall
 from gatewaykit.policies.session import new_session_id, sign
 from tests.fixtures.auth import htpasswd, jwk, jwks, keys_file, rsa_key, token, write
 
@@ -676,3 +681,33 @@ class OutputTests(ExplainCase):
         )
         self.assertEqual(result.returncode, 2, result.stderr)
         self.assertEqual(json.loads(result.stdout)["answer"]["headers"]["Allow"], "GET, HEAD, POST")
+
+
+class WaitingPluginTests(SynchronousTestCase):
+    """A plugin policy that waits for something outside is taken as a pass, and said so."""
+
+    def observe(self, answer: Any) -> tuple[Any, dict[str, Any]]:
+        @implementer(IPolicy)
+        class Waiting:
+            name = "acme"
+
+            def on_request(self, call: Any) -> Any:
+                return answer
+
+        journal = Journal()
+        observed = ObservedPolicy(Waiting(), "acme.waiting", None, journal)
+        call = PolicyCall(Request("GET", b"/", "/"), None)  # type: ignore[arg-type]
+        return observed.on_request(call), journal.steps[0]
+
+    def test_later(self) -> None:
+        """LATER (it would resume the call itself) lets the explanation go on."""
+        result, step = self.observe(LATER)
+        self.assertIsNone(result)
+        self.assertEqual(step["outcome"], "assumed_pass")
+        self.assertIn("not known offline", step["notes"][0])
+
+    def test_deferred_not_fired(self) -> None:
+        """A Deferred that does not fire offline is told the same way."""
+        result, step = self.observe(Deferred())
+        self.assertIsNone(result)
+        self.assertEqual(step["outcome"], "assumed_pass")
