@@ -93,6 +93,19 @@ class Connected(TestCase):
         self.transport.socket = Failing()
         return lambda: setattr(self.transport, "socket", real)
 
+    @inlineCallbacks
+    def kept_while_full(self, send: Any) -> Any:
+        """
+        C{send(data)} meeting EAGAIN leaves the bytes queued with the
+        transport, which waits to write and sends them once it can.
+        """
+        undo = self.failing_send(errno.EAGAIN)
+        send(b"queued")
+        self.assertEqual(self.transport._tempDataBuffer + [self.transport.dataBuffer], [b"queued"])
+        self.assertIn(self.transport, reactor.getWriters())
+        undo()
+        self.assertEqual((yield self.collector.expect(6)), b"queued")
+
 
 class BatchedWriteTests(Connected):
     """L{write} on a plain TCP transport."""
@@ -137,16 +150,14 @@ class BatchedWriteTests(Connected):
         write(self.transport, b"end")
         self.assertEqual((yield self.collector.expect(len(data) + 3)), data + b"end")
 
-    @inlineCallbacks
     def test_socket_full(self) -> Any:
         """EAGAIN from send: the bytes stay queued and the transport waits to write."""
-        undo = self.failing_send(errno.EAGAIN)
-        write(self.transport, b"queued")
-        batched_write._flush()
-        self.assertEqual(self.transport._tempDataBuffer + [self.transport.dataBuffer], [b"queued"])
-        self.assertIn(self.transport, reactor.getWriters())
-        undo()
-        self.assertEqual((yield self.collector.expect(6)), b"queued")
+
+        def send(data: bytes) -> None:
+            write(self.transport, data)
+            batched_write._flush()
+
+        return self.kept_while_full(send)
 
     @inlineCallbacks
     def test_send_error(self) -> Any:
@@ -198,16 +209,14 @@ class SendNowTests(Connected):
         self.assertNotIn(self.transport, reactor.getWriters())
         self.assertEqual((yield self.collector.expect(7)), b"command")
 
-    @inlineCallbacks
     def test_socket_full(self) -> Any:
         """EAGAIN: the bytes stay queued with the transport, which still waits to write."""
-        undo = self.failing_send(errno.EAGAIN)
-        self.transport.write(b"queued")
-        batched_write.send_now(self.transport)
-        self.assertEqual(self.transport._tempDataBuffer + [self.transport.dataBuffer], [b"queued"])
-        self.assertIn(self.transport, reactor.getWriters())
-        undo()
-        self.assertEqual((yield self.collector.expect(6)), b"queued")
+
+        def send(data: bytes) -> None:
+            self.transport.write(data)
+            batched_write.send_now(self.transport)
+
+        return self.kept_while_full(send)
 
     @inlineCallbacks
     def test_send_error(self) -> Any:

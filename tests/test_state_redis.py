@@ -177,21 +177,16 @@ class RedisStoreTests(TestCase):
 
     @defer.inlineCallbacks
     def test_unreadable_reply(self) -> Steps:
-        """A batch reply that cannot be read fails its decisions; none is left waiting."""
-        self.patch(self.store, "_run", lambda *_: defer.succeed("1 5 4 not-a-number"))
-        first = self.store.rate_limit("a", 5, 1.0, 0, "gcra")
-        second = self.store.rate_limit("b", 5, 1.0, 0, "gcra")
-        yield self.assertFailure(first, ValueError)
-        yield self.assertFailure(second, ValueError)
-
-    @defer.inlineCallbacks
-    def test_short_reply(self) -> Steps:
-        """A reply with fewer decisions than asked fails them all, none half-answered."""
-        self.patch(self.store, "_run", lambda *_: defer.succeed("1 5 4 0 0 1 2"))
-        first = self.store.rate_limit("a", 5, 1.0, 0, "gcra")
-        second = self.store.rate_limit("b", 5, 1.0, 0, "gcra")
-        yield self.assertFailure(first, ValueError)
-        yield self.assertFailure(second, ValueError)
+        """
+        A batch reply that cannot be read, or answers fewer decisions than
+        asked, fails them all: none is left waiting or half-answered.
+        """
+        for reply in ("1 5 4 not-a-number", "1 5 4 0 0 1 2"):
+            self.patch(self.store, "_run", lambda *_, reply=reply: defer.succeed(reply))
+            first = self.store.rate_limit("a", 5, 1.0, 0, "gcra")
+            second = self.store.rate_limit("b", 5, 1.0, 0, "gcra")
+            yield self.assertFailure(first, ValueError)
+            yield self.assertFailure(second, ValueError)
 
     @defer.inlineCallbacks
     def test_decide_then(self) -> Steps:
