@@ -61,6 +61,8 @@ class Origin(Resource):
                 self.not_modified += 1
                 request.setResponseCode(304)
                 return b""
+        if "size" in query:  # a large body, the same bytes every time
+            return large_body(int(query["size"]))
         body = f"{path} #{len(self.requests)}\n".encode()
         delay = int(query.get("delay", "0"))
         if not delay:
@@ -73,6 +75,11 @@ class Origin(Resource):
         call = reactor.callLater(delay / 1000, later)
         request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
         return NOT_DONE_YET
+
+
+def large_body(size: int) -> bytes:
+    """C{size} bytes that show any reordering or loss: 4-byte counters."""
+    return b"".join(index.to_bytes(4, "big") for index in range(size // 4 + 1))[:size]
 
 
 class OriginServer:
@@ -130,6 +137,36 @@ class HitTests(CacheTestCase):
         self.assertGreaterEqual(int(second.header("Age")), 1)
         self.assertGreater(int(third.header("Age")), int(second.header("Age")))
         self.assertEqual(server.origin.count("/page"), 1)
+
+    @defer.inlineCallbacks
+    def test_large_hits_on_one_connection(self) -> Steps:
+        """
+        Hits of 3 MiB (written whole to the socket) and small ones, one
+        after another on one keep-alive connection, arrive intact and in
+        order; only the first request of each reached the origin.
+        """
+        gateway, server = yield self.start(max_object_bytes="4MiB")
+        size = 3 * 1024 * 1024
+        large = gateway.url(f"/large?cc=max-age%3D60&size={size}")
+        small = gateway.url("/small?cc=max-age%3D60")
+        base = self.mktemp()
+        outputs = [f"{base}.{index}" for index in range(5)]
+        urls = [large, small, large, large, small]
+        arguments = [part for url, out in zip(urls, outputs, strict=True) for part in ("-o", out, url)]
+        connects, err, code = yield support.run_curl(self, "-w", "%{num_connects} ", *arguments)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(connects.split(), [b"1", b"0", b"0", b"0", b"0"])  # one connection
+        bodies = []
+        for out in outputs:
+            with open(out, "rb") as f:
+                bodies.append(f.read())
+        expected = large_body(size)
+        large_ones = [bodies[0], bodies[2], bodies[3]]
+        self.assertEqual([len(body) for body in large_ones], [size] * 3)
+        self.assertTrue(all(body == expected for body in large_ones))
+        self.assertEqual(bodies[1], bodies[4])
+        self.assertTrue(bodies[1].startswith(b"/small #"))
+        self.assertEqual((server.origin.count("/large"), server.origin.count("/small")), (1, 1))
 
     @defer.inlineCallbacks
     def test_concurrent_misses_collapse(self) -> Steps:
