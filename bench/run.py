@@ -624,8 +624,12 @@ def gatewaykit_from(name: str, source: Path) -> Starter:
 
 
 def gatewaykit_with_policies(name: str, policies: dict[str, dict],
-                             order: list[str]) -> Starter:
-    """A starter for the proxy above with policies applied in order."""
+                             order: list[str],
+                             source: Path = PROJECT_DIR) -> Starter:
+    """
+    A starter for the proxy above with policies applied in order (its code
+    from the source tree given).
+    """
     def start(procs: Processes, args: argparse.Namespace, tmp: Path,
               upstream_ports: list[int]) -> int:
         def config(port: int) -> dict:
@@ -633,8 +637,13 @@ def gatewaykit_with_policies(name: str, policies: dict[str, dict],
             made["policies"] = policies
             made["routes"][0]["policies"] = order
             return made
-        return start_gatewaykit(procs, args, tmp, name, config)
+        return start_gatewaykit(procs, args, tmp, name, config, source=source)
     return start
+
+
+def cached_gatewaykit_from(name: str, source: Path) -> Starter:
+    """The cache scenario's gatewaykit-cache, its code from another source tree."""
+    return gatewaykit_with_policies(name, {"cache": CACHE_POLICY}, ["cache"], source)
 
 
 CACHE_POLICY = {"type": "cache", "max_bytes": "64MiB"}
@@ -972,6 +981,8 @@ class Scenario:
     upstream_text: bool = False
     # Fields wrk sends with every request.
     request_headers: tuple[tuple[str, str], ...] = ()
+    # What --compare NAME=DIR adds: gatewaykit from DIR, as this scenario runs it.
+    compared: Callable[[str, Path], Starter] | None = None
 
 
 SCENARIOS = {
@@ -981,7 +992,7 @@ SCENARIOS = {
                  "twisted": start_twisted_proxy,
                  "direct": use_upstream},
         bench=WrkBench, loads=("1k", "1m"), references=("nginx",),
-        tools=("nginx", "wrk", "taskset")),
+        tools=("nginx", "wrk", "taskset"), compared=gatewaykit_from),
     "balancing": Scenario(
         targets={"1-target": balanced_gatewaykit(1, "round_robin"),
                  "3-round_robin": balanced_gatewaykit(3, "round_robin"),
@@ -1018,7 +1029,8 @@ SCENARIOS = {
         bench=WrkBench, loads=("1k", "1m", "1k-1c"),
         references=("gatewaykit", "nginx"),
         tools=("nginx", "wrk", "taskset"),
-        upstream_extra='\n        add_header Cache-Control "max-age=3600";'),
+        upstream_extra='\n        add_header Cache-Control "max-age=3600";',
+        compared=cached_gatewaykit_from),
     "compress": Scenario(
         targets={"gatewaykit": start_gatewaykit_proxy,
                  "gatewaykit-gzip": gatewaykit_with_policies(
@@ -1180,22 +1192,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_output_options(parser)
     parser.add_argument("--compare", action="append", default=[],
                         metavar="NAME=DIR",
-                        help="proxy: one more target, NAME, running "
-                        "gatewaykit's code from the source tree DIR (say a "
-                        "git worktree of an earlier commit), for a before "
-                        "and after in one run; may be repeated")
+                        help="proxy, cache: one more target, NAME, "
+                        "running gatewaykit's code (with the cache policy "
+                        "in the cache scenario) from the source tree DIR "
+                        "(say a git worktree of an earlier commit), for a "
+                        "before and after in one run; may be repeated")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     for compare in args.compare:
         name, _, tree = compare.partition("=")
         source = Path(tree).resolve()
-        if args.scenario != "proxy":
-            parser.error("--compare is for the proxy scenario")
+        if scenario.compared is None:
+            parser.error("--compare is for the proxy and cache scenarios")
         if not name or name in scenario.targets:
             parser.error(f"--compare {compare}: give a new target NAME=DIR")
         if not (source / "gatewaykit" / "__init__.py").is_file():
             parser.error(f"--compare {compare}: no gatewaykit package in {source}")
-        scenario.targets[name] = gatewaykit_from(name, source)
+        scenario.targets[name] = scenario.compared(name, source)
     args.targets = choose(parser, "--targets", args.targets,
                           tuple(scenario.targets), tuple(scenario.targets))
     asked = args.sizes is not None
