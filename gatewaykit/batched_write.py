@@ -12,12 +12,6 @@ take is left to the transport, which then asks for write events as usual.
 Sends stay batched after the events of one poll, as Twisted's are, so the
 peers are woken once per batch rather than once per write.
 
-Twisted sends from one bytes object: when its buffer holds several pieces
-it joins them, copying each. A large piece (L{LARGE_WRITE} or more, a stored
-body written whole) is therefore not put behind bytes batched earlier:
-those are sent first, so the large piece sits alone and is sent from as it
-is, with no copy in Python.
-
 The bytes go through the transport's own buffer, so any other write to the
 same transport (C{transport.write} by other code) stays in order, a
 registered producer is paused when the buffer fills, and a broken connection
@@ -32,15 +26,12 @@ from typing import Any
 
 from twisted.internet.tcp import Connection
 
-__all__ = ["LARGE_WRITE", "is_plain", "send_now", "write"]
+__all__ = ["send_now", "write"]
 
 _pending: list[Any] = []  # transports with bytes buffered by write(), in order
 
-LARGE_WRITE = 64 * 1024
-"""Bytes from which a piece is sent alone rather than joined with others."""
 
-
-def is_plain(transport: Any) -> bool:
+def _plain(transport: Any) -> bool:
     """Whether C{transport} is a plain TCP one, open for writing."""
     return bool(
         isinstance(transport, Connection)
@@ -57,7 +48,7 @@ def write(transport: Any, data: bytes) -> None:
     """Write C{data} to C{transport}, sent at the end of this reactor iteration."""
     if not data:
         return
-    if not is_plain(transport):
+    if not _plain(transport):
         transport.write(data)
         return
     if not transport._tempDataLen and not transport.dataBuffer:
@@ -66,10 +57,6 @@ def write(transport: Any, data: bytes) -> None:
 
             reactor.callLater(0, _flush)
         _pending.append(transport)
-    elif len(data) >= LARGE_WRITE and transport.producer is None:
-        # (With a producer registered, sending here could resume it from
-        # inside its own write.)
-        transport.doWrite()
     transport._tempDataBuffer.append(data)
     transport._tempDataLen += len(data)
     transport._maybePauseProducer()
@@ -98,5 +85,5 @@ def send_now(transport: Any) -> None:
     batch of other events to handle first. What the socket does not take
     stays with the transport, which already asked for write events.
     """
-    if is_plain(transport) and (transport._tempDataLen or transport.dataBuffer):
+    if _plain(transport) and (transport._tempDataLen or transport.dataBuffer):
         transport.doWrite()

@@ -11,15 +11,13 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from zope.interface import implementer
 
 from gatewaykit import batched_write
-from gatewaykit.batched_write import LARGE_WRITE, write
+from gatewaykit.batched_write import write
 
 
 class Collector(Protocol):
@@ -196,45 +194,6 @@ class BatchedWriteTests(Connected):
         yield self.sender.lost
         yield self.collector.lost
         self.assertEqual(bytes(self.collector.received), b"")
-
-
-@implementer(IPushProducer)
-class IdleProducer:
-    """A streaming producer with nothing to produce."""
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class LargeWriteTests(Connected):
-    """A large piece is not joined with bytes batched before it (a copy of its size)."""
-
-    @inlineCallbacks
-    def test_sent_alone(self) -> Any:
-        """What was batched goes out at once; the large piece waits alone, uncopied."""
-        large = bytes(range(256)) * (LARGE_WRITE // 256)
-        write(self.transport, b"head ")
-        write(self.transport, large)
-        self.assertEqual(len(self.transport._tempDataBuffer), 1)
-        self.assertIs(self.transport._tempDataBuffer[0], large)
-        self.assertEqual((yield self.collector.expect(5 + len(large))), b"head " + large)
-
-    @inlineCallbacks
-    def test_not_with_a_producer(self) -> Any:
-        """With a producer registered nothing is sent from inside write: both wait, in order."""
-        large = bytes(LARGE_WRITE)
-        self.transport.registerProducer(IdleProducer(), True)
-        write(self.transport, b"head ")
-        write(self.transport, large)
-        self.assertEqual(self.transport._tempDataBuffer, [b"head ", large])
-        self.transport.unregisterProducer()
-        self.assertEqual((yield self.collector.expect(5 + len(large))), b"head " + large)
 
 
 class SendNowTests(Connected):

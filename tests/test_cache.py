@@ -14,12 +14,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from gatewaykit.actions.static import CHUNK_SIZE
-from gatewaykit.cache.answers import send_body
 from gatewaykit.config import parse_config
 from gatewaykit.config.errors import ConfigError
 from gatewaykit.config.model import PolicyConfig, PoolConfig
 from gatewaykit.gateway import Gateway
-from gatewaykit.http.stream import ResponseMethods, StreamWrapper
 from gatewaykit.interfaces import IPolicy, IPolicyFactory
 from gatewaykit.policies.cache import Cache, CacheFactory, CacheOptions
 from gatewaykit.policies.compress import CompressOptions
@@ -1172,74 +1170,3 @@ class ChainSeamTests(SynchronousTestCase):
         chain, handled = self.chain([Answering()])
         chain.handle(Request("GET", b"/", "/"), "the stream")
         self.assertEqual((written, handled), (["the stream"], []))
-
-
-class RecordingStream(ResponseMethods):
-    """A stream that records writes and producers, and says whether it copies."""
-
-    def __init__(self, zero_copy: bool) -> None:
-        self.request = None
-        self.head_sent = True
-        self.zero_copy = zero_copy
-        self.writes: list[bytes] = []
-        self.producer: Any = None
-        self.finished = False
-
-    @property
-    def zero_copy_writes(self) -> bool:
-        return self.zero_copy
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-
-    def finish(self) -> None:
-        self.finished = True
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.producer = producer
-
-
-class HeadOnlyWrapper(StreamWrapper):
-    """Sees the head only."""
-
-    def write_head(self, *args: Any) -> None:
-        self.inner.write_head(*args)
-
-
-class BodyWrapper(StreamWrapper):
-    """Sees the body."""
-
-    def write(self, data: bytes) -> None:
-        self.inner.write(data)
-
-
-class WholeBodyTests(SynchronousTestCase):
-    """A large stored body goes whole to a stream that sends it uncopied, else in chunks."""
-
-    BODY = bytes(range(256)) * (3 * CHUNK_SIZE // 256)
-
-    def test_whole_to_zero_copy_stream(self) -> None:
-        """One write of the stored object itself, then finish; no producer."""
-        stream = RecordingStream(zero_copy=True)
-        send_body(stream, self.BODY)
-        self.assertEqual((len(stream.writes), stream.producer, stream.finished), (1, None, True))
-        self.assertIs(stream.writes[0], self.BODY)
-
-    def test_chunks_otherwise(self) -> None:
-        """A stream that would copy, or a range of the body, is fed a chunk per pull."""
-        for zero_copy, start, end in ((False, 0, None), (True, 10, 2 * CHUNK_SIZE + 10)):
-            stream = RecordingStream(zero_copy)
-            send_body(stream, self.BODY, start, end)
-            self.assertIsNotNone(stream.producer)
-            while not stream.finished:
-                stream.producer.resumeProducing()
-            self.assertEqual(b"".join(stream.writes), self.BODY[start:end])
-            self.assertEqual(len(stream.writes), 3 if end is None else 2)
-
-    def test_wrappers(self) -> None:
-        """A wrapper of the head only passes zero_copy_writes through; one of the body does not."""
-        for zero_copy in (True, False):
-            inner = RecordingStream(zero_copy)
-            self.assertEqual(HeadOnlyWrapper(inner).zero_copy_writes, zero_copy)
-            self.assertFalse(BodyWrapper(inner).zero_copy_writes)
-        self.assertFalse(RecordingStream(False).zero_copy_writes)

@@ -56,16 +56,6 @@ class ResponseMethods:
     def release(self) -> None:
         """Send what was kept since L{hold}."""
 
-    @property
-    def zero_copy_writes(self) -> bool:
-        """
-        Whether a large body written in one piece goes to the socket as it
-        is (no copy, no encoding on the way): then a stored body can be
-        written whole rather than a chunk at a time. Only a plain TCP
-        HTTP/1.1 stream, unwrapped or wrapped only for its head, says yes.
-        """
-        return False
-
     def respond(
         self, status: int, fields: list[tuple[bytes, bytes]], body: bytes = b""
     ) -> None:
@@ -141,11 +131,6 @@ class StreamWrapper(ResponseMethods):
     @close_after.setter
     def close_after(self, value: bool) -> None:
         self.inner.close_after = value
-
-    @property
-    def zero_copy_writes(self) -> bool:
-        # A wrapper that sees the body (compression...) wants it in chunks.
-        return type(self).write is StreamWrapper.write and bool(self.inner.zero_copy_writes)
 
     def write_head(
         self,

@@ -21,7 +21,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from gatewaykit.batched_write import is_plain
 from gatewaykit.batched_write import write as batched_write
 from gatewaykit.config.model import ListenerConfig
 from gatewaykit.http.errors import GatewayError, bad_request
@@ -229,15 +228,6 @@ class HTTP11Stream(ResponseMethods):
         lines.append(protocol.factory.added_fields)
         lines.append(b"\r\n")
         self._send(b"".join(lines))
-
-    @property
-    def zero_copy_writes(self) -> bool:
-        return (
-            not self._chunked
-            and self._held is None
-            and not self.lost
-            and is_plain(self._transport)
-        )
 
     def write(self, data: bytes) -> None:
         """Send a piece of the response body."""

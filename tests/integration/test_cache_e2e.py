@@ -141,9 +141,10 @@ class HitTests(CacheTestCase):
     @defer.inlineCallbacks
     def test_large_hits_on_one_connection(self) -> Steps:
         """
-        Hits of 3 MiB (written whole to the socket) and small ones, one
-        after another on one keep-alive connection, arrive intact and in
-        order; only the first request of each reached the origin.
+        Hits of 3 MiB (sent a chunk at a time as the socket drains) and
+        small ones, one after another on one keep-alive connection, arrive
+        intact and in order; only the first request of each reached the
+        origin.
         """
         gateway, server = yield self.start(max_object_bytes="4MiB")
         size = 3 * 1024 * 1024
