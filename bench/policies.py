@@ -58,6 +58,7 @@ from run import (  # noqa: E402  (bench/ is not a package)
     add_output_options,
     add_pinning_options,
     check_pinning,
+    compared_trees,
     environment,
     format_ms,
     free_port,
@@ -485,16 +486,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_pinning_options(parser, "wrk, the upstream nginx and redis-server")
     add_output_options(parser)
     args = parser.parse_args(argv)
-    compared: dict[str, Path] = {}
-    for compare in args.compare:
-        name, _, tree = compare.partition("=")
-        source = Path(tree).resolve()
-        if not name or name in STORES or "/" in name or name in compared:
-            parser.error(f"--compare {compare}: give a new store NAME=DIR")
-        if not (source / "gatewaykit" / "__init__.py").is_file():
-            parser.error(f"--compare {compare}: no gatewaykit package in {source}")
-        compared[name] = source
-    args.compare = compared
+    args.compare = compared = compared_trees(parser, args.compare, STORES)
     known = TARGETS + tuple(f"{name}/{route}" for name in compared for route in ROUTES)
     if args.targets == ",".join(TARGETS):
         args.targets = ",".join(known)

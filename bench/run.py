@@ -1150,6 +1150,24 @@ def choose(parser: argparse.ArgumentParser, option: str,
     return list(dict.fromkeys(names))
 
 
+def compared_trees(parser: argparse.ArgumentParser, values: list[str],
+                   taken: tuple[str, ...]) -> dict[str, Path]:
+    """
+    The NAME=DIR values of --compare as {NAME: source tree}: each NAME new
+    (not in taken, no "/"), each DIR holding a gatewaykit package.
+    """
+    trees: dict[str, Path] = {}
+    for value in values:
+        name, _, tree = value.partition("=")
+        source = Path(tree).resolve()
+        if not name or name in taken or "/" in name or name in trees:
+            parser.error(f"--compare {value}: give a new name, NAME=DIR")
+        if not (source / "gatewaykit" / "__init__.py").is_file():
+            parser.error(f"--compare {value}: no gatewaykit package in {source}")
+        trees[name] = source
+    return trees
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line options."""
     parser = argparse.ArgumentParser(
@@ -1199,15 +1217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "before and after in one run; may be repeated")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
-    for compare in args.compare:
-        name, _, tree = compare.partition("=")
-        source = Path(tree).resolve()
-        if scenario.compared is None:
-            parser.error("--compare is for the proxy and cache scenarios")
-        if not name or name in scenario.targets:
-            parser.error(f"--compare {compare}: give a new target NAME=DIR")
-        if not (source / "gatewaykit" / "__init__.py").is_file():
-            parser.error(f"--compare {compare}: no gatewaykit package in {source}")
+    if args.compare and scenario.compared is None:
+        parser.error("--compare is for the proxy and cache scenarios")
+    for name, source in compared_trees(parser, args.compare, tuple(scenario.targets)).items():
         scenario.targets[name] = scenario.compared(name, source)
     args.targets = choose(parser, "--targets", args.targets,
                           tuple(scenario.targets), tuple(scenario.targets))
