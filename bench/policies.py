@@ -347,10 +347,24 @@ def loadavg() -> str:
     return " ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process C{pid} has used (from /proc)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    # utime and stime: the 14th and 15th fields, counted after the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run(args: argparse.Namespace, tmp: Path) -> tuple[list[WrkResult], dict]:
-    """Start everything, check it, run the interleaved rounds."""
+    """
+    Start everything, check it, run the interleaved rounds. The facts
+    include C{cpu_per_request}: the gateway's CPU microseconds per
+    request of each (target, round), which, unlike requests/s, do not
+    drop when the machine lends the core to someone else.
+    """
     procs = Processes(tmp)
     facts: dict[str, Any] = {}
+    cpu_per_request: dict[tuple[str, int], float] = {}
     results: list[WrkResult] = []
     body = "x" * SIZES["1k"]
     locations = "".join(f'\n        location = /{route} {{\n            return 200 "{body}";'
@@ -387,9 +401,14 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[WrkResult], dict]:
 
         def measure(target: str, duration: float, round_no: int) -> WrkResult:
             store, route = target.split("/")
+            cpu_before = process_cpu_seconds(pids[store])
             raw = run_wrk(f"http://{HOST}:{ports[store]}/{route}",
                           args.connections, duration, args.client_cpu, script)
-            return WrkBench.result(target, route, round_no, args.connections, raw)
+            result = WrkBench.result(target, route, round_no, args.connections, raw)
+            cpu = process_cpu_seconds(pids[store]) - cpu_before
+            if result.requests:
+                cpu_per_request[(target, round_no)] = cpu * 1e6 / result.requests
+            return result
 
         if args.warmup > 0:
             progress("warming up")
@@ -413,24 +432,37 @@ def run(args: argparse.Namespace, tmp: Path) -> tuple[list[WrkResult], dict]:
                 args, tmp, pids[store], f"http://{HOST}:{ports[store]}/guarded", script)
     finally:
         procs.stop_all()
+    facts["cpu_per_request"] = [
+        {"target": target, "round": round_no, "us": us}
+        for (target, round_no), us in cpu_per_request.items() if round_no > 0]
     return results, facts
 
 
-def table(results: list[WrkResult], targets: list[str]) -> tuple[str, list[dict]]:
-    """Markdown: medians per target and guarded/bare per store (per round too)."""
+def table(results: list[WrkResult], targets: list[str],
+          cpu: list[dict]) -> tuple[str, list[dict]]:
+    """
+    Markdown: medians per target and guarded/bare per store (per round
+    too), and the same ratio from the gateway's CPU time per request.
+    """
     kind = argparse.Namespace(bench=WrkBench, references=())
     rows = []
     for target in targets:
         runs = [r for r in results if r.target == target]
         rows += summarise(runs, kind, [target], [target.split("/")[1]])
     by_target = {row["target"]: row for row in rows}
+    for row in rows:
+        spent = [entry["us"] for entry in cpu if entry["target"] == row["target"]]
+        row["cpu_us"] = statistics.median(spent) if spent else None
     lines = ["| store | route | req/s (median) | p50 | p99 | guarded / bare "
-             "| per round | spread | errors |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
+             "| per round | spread | errors | CPU µs/request | guarded / bare by CPU |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for row in rows:
         store, route = row["target"].split("/")
         bare = by_target.get(f"{store}/bare")
-        ratio, rounds = "", ""
+        ratio, rounds, by_cpu = "", "", ""
+        if route == "guarded" and bare and row["cpu_us"] and bare["cpu_us"]:
+            row["guarded_over_bare_cpu"] = bare["cpu_us"] / row["cpu_us"]
+            by_cpu = f"{row['guarded_over_bare_cpu']:.2f}"
         if route == "guarded" and bare:
             row["guarded_over_bare"] = row["rps"] / bare["rps"]
             ratio = f"**{row['guarded_over_bare']:.2f}**"
@@ -444,7 +476,9 @@ def table(results: list[WrkResult], targets: list[str]) -> tuple[str, list[dict]
         spread = (row["rps_max"] - row["rps_min"]) / row["rps"] if row["rps"] else 0
         lines.append(f"| {store} | /{route} | {row['rps']:,.0f} | "
                      f"{format_ms(row['p50_us'])} | {format_ms(row['p99_us'])} | "
-                     f"{ratio} | {rounds} | {spread:.0%} | {row['errors']} |")
+                     f"{ratio} | {rounds} | {spread:.0%} | {row['errors']} | "
+                     f"{'' if row['cpu_us'] is None else format(row['cpu_us'], '.0f')} | "
+                     f"{by_cpu} |")
     return "\n".join(lines), rows
 
 
@@ -518,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     results, found = outcome
     load_end = loadavg()
     progress(f"load average at end: {load_end}")
-    text, rows = table(results, args.targets)
+    text, rows = table(results, args.targets, found["cpu_per_request"])
     print(text)
     ratios = [row["guarded_over_bare"] for row in rows if "guarded_over_bare" in row]
     print(f"\n{args.alg} tokens ({found['token_bytes']} bytes) of {args.subjects} "
