@@ -148,8 +148,10 @@ def _seconds(value: float) -> int:
 def _merge(fields: list[tuple[bytes, bytes]], name: bytes, member: bytes) -> None:
     """Add C{member} to the list field C{name}, after any members already there."""
     wanted = name.lower()
+    size = len(wanted)
     for index, (field, value) in enumerate(fields):
-        if field.lower() == wanted:
+        # (The length first: most fields differ in it, and lower() copies.)
+        if len(field) == size and field.lower() == wanted:
             fields[index] = (field, value + b", " + member)
             return
     fields.append((name, member))

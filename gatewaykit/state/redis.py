@@ -68,6 +68,9 @@ BATCH_LIMIT = 64
 # Values of a decision's reply (see the scripts' headers).
 REPLY_LENGTH = 7
 
+# Distinct (algorithm, limit, window, burst) kept formatted (then it starts over).
+REMEMBERED_SPECS = 256
+
 
 def _lua_source(name: str) -> bytes:
     """The script C{state/lua/NAME.lua} of this package."""
@@ -259,6 +262,8 @@ class RedisStore:
         self._reactor = reactor
         self._timeout = config.timeout
         self._waiting: list[_Waiting] = []
+        # Each policy's decision spec as the batch script reads it.
+        self._specs: dict[tuple[str, int, float, int], str] = {}
         self._redis, self._disconnect = _connect(
             config, reactor, self.pool_size, lambda: self._went_away("connection lost")
         )
@@ -320,7 +325,12 @@ class RedisStore:
             return
         if not self._waiting:
             self._reactor.callLater(0, self._send_waiting)
-        arguments = f"{algorithm} {limit:d} {float(window)!r} {burst:d}"
+        spec = (algorithm, limit, window, burst)
+        arguments = self._specs.get(spec)
+        if arguments is None:
+            if len(self._specs) >= REMEMBERED_SPECS:
+                self._specs.clear()
+            arguments = self._specs[spec] = f"{algorithm} {limit:d} {float(window)!r} {burst:d}"
         self._waiting.append(_Waiting(key, arguments, decided, failed, context))
 
     def get(self, key: str) -> defer.Deferred[Optional[bytes]]:
