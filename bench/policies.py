@@ -55,6 +55,7 @@ from run import (  # noqa: E402  (bench/ is not a package)
     Processes,
     WrkBench,
     WrkResult,
+    add_compare_option,
     add_output_options,
     add_pinning_options,
     check_pinning,
@@ -510,13 +511,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="keep py-spy's raw (collapsed) stacks here")
     parser.add_argument("--gatewaykit-cmd", default=None,
                         help="as bench/run.py's")
-    parser.add_argument("--compare", action="append", default=[],
-                        metavar="NAME=DIR",
-                        help="one more store, NAME: gatewaykit with Redis, "
-                        "its code from the source tree DIR (say a git "
-                        "worktree of an earlier commit), giving targets "
-                        "NAME/bare and NAME/guarded for a before and after "
-                        "in one run; may be repeated")
+    add_compare_option(parser, "one more store, NAME (targets NAME/bare and "
+                       "NAME/guarded): gatewaykit with Redis, its code")
     add_pinning_options(parser, "wrk, the upstream nginx and redis-server")
     add_output_options(parser)
     args = parser.parse_args(argv)

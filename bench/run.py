@@ -1150,6 +1150,15 @@ def choose(parser: argparse.ArgumentParser, option: str,
     return list(dict.fromkeys(names))
 
 
+def add_compare_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """--compare NAME=DIR: C{what} gets its code from the source tree DIR."""
+    parser.add_argument("--compare", action="append", default=[],
+                        metavar="NAME=DIR",
+                        help=f"{what} from the source tree DIR (say a git "
+                        "worktree of an earlier commit), for a before and "
+                        "after in one run; may be repeated")
+
+
 def compared_trees(parser: argparse.ArgumentParser, values: list[str],
                    taken: tuple[str, ...]) -> dict[str, Path]:
     """
@@ -1208,13 +1217,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "when > 0 (0: none)")
     add_pinning_options(parser)
     add_output_options(parser)
-    parser.add_argument("--compare", action="append", default=[],
-                        metavar="NAME=DIR",
-                        help="proxy, cache: one more target, NAME, "
-                        "running gatewaykit's code (with the cache policy "
-                        "in the cache scenario) from the source tree DIR "
-                        "(say a git worktree of an earlier commit), for a "
-                        "before and after in one run; may be repeated")
+    add_compare_option(parser, "proxy, cache: one more target, NAME, running "
+                       "gatewaykit's code (with the cache policy in the cache "
+                       "scenario)")
     args = parser.parse_args(argv)
     scenario = SCENARIOS[args.scenario]
     if args.compare and scenario.compared is None:
