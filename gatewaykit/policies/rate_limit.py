@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from attrs import frozen
 from twisted.python.failure import Failure
@@ -157,6 +157,16 @@ def _merge(fields: list[tuple[bytes, bytes]], name: bytes, member: bytes) -> Non
     fields.append((name, member))
 
 
+def _resume_with(call: PolicyCall, answer_of: Callable[..., Any], *args: Any) -> None:
+    """Resume C{call} with C{answer_of(*args)}, or answer 500 if that raises."""
+    try:
+        answer = answer_of(*args)
+    except Exception:
+        call.resume_failed(Failure())
+    else:
+        call.resume(answer)
+
+
 def _mark_degraded(fields: list[tuple[bytes, bytes]]) -> None:
     wanted = DEGRADED_FIELD.lower()
     for field, value in fields:
@@ -266,20 +276,10 @@ class RateLimit:
     # The answers of decide_then: the chain goes on (or fails) from here.
 
     def _decided(self, decision: Decision, at: float, call: PolicyCall) -> None:
-        try:
-            answer = self._answer(decision, call)
-        except Exception:
-            call.resume_failed(Failure())
-        else:
-            call.resume(answer)
+        _resume_with(call, self._answer, decision, call)
 
     def _undecided(self, failure: Failure, call: PolicyCall) -> None:
-        try:
-            answer = self._store_failed(failure, call, self.key_for(call))
-        except Exception:
-            call.resume_failed(Failure())
-        else:
-            call.resume(answer)
+        _resume_with(call, self._store_failed, failure, call, self.key_for(call))
 
     def _answer(self, decision: Decision, call: PolicyCall, local: bool = False) -> Any:
         if decision.allowed:

@@ -316,21 +316,21 @@ class RedisStore:
         L{StoreUnavailable} or another failure, C{failed(failure, context)};
         exactly one of them, once, maybe before this returns.
         """
-        if algorithm not in ALGORITHMS:
-            failed(Failure(ValueError(f"unknown rate-limit algorithm {algorithm!r}")), context)
-            return
+        spec = (algorithm, limit, window, burst)
+        arguments = self._specs.get(spec)
+        if arguments is None:  # (a spec is checked once, when first formatted)
+            if algorithm not in ALGORITHMS:
+                failed(Failure(ValueError(f"unknown rate-limit algorithm {algorithm!r}")), context)
+                return
+            if len(self._specs) >= REMEMBERED_SPECS:
+                self._specs.clear()
+            arguments = self._specs[spec] = f"{algorithm} {limit:d} {float(window)!r} {burst:d}"
         refusal = self._refusal()
         if refusal is not None:
             failed(Failure(refusal), context)
             return
         if not self._waiting:
             self._reactor.callLater(0, self._send_waiting)
-        spec = (algorithm, limit, window, burst)
-        arguments = self._specs.get(spec)
-        if arguments is None:
-            if len(self._specs) >= REMEMBERED_SPECS:
-                self._specs.clear()
-            arguments = self._specs[spec] = f"{algorithm} {limit:d} {float(window)!r} {burst:d}"
         self._waiting.append(_Waiting(key, arguments, decided, failed, context))
 
     def get(self, key: str) -> defer.Deferred[Optional[bytes]]:
@@ -364,7 +364,7 @@ class RedisStore:
             keys = [waiting.key for waiting in batch]
             arguments = " ".join([waiting.arguments for waiting in batch])
             d = self._call(partial(self._run, BATCH_SCRIPT, keys, [arguments], connection))
-            # (A reply that cannot be read fails the decisions not answered yet.)
+            # (A reply that cannot be read fails all of the batch's decisions.)
             d.addCallback(self._decided, batch).addErrback(self._undecided, batch)
         if connection is not self._redis:
             # On the wire now: txredisapi's write would wait for the
@@ -425,13 +425,12 @@ class RedisStore:
         return d.addErrback(self._failed)
 
     def _run(
-        self, script: Script, keys: list[str], args: list[Any], redis: Any = None
+        self, script: Script, keys: list[str], args: list[Any], redis: Any
     ) -> defer.Deferred[Any]:
         """
-        C{EVALSHA} on C{redis} (a connection, or the pool by default); when
-        Redis lost the script (a restart, a flush), load it and retry once.
+        C{EVALSHA} on C{redis} (a connection, or the pool); when Redis lost
+        the script (a restart, a flush), load it and retry once.
         """
-        redis = self._redis if redis is None else redis
 
         def reload(failure: Failure) -> defer.Deferred[Any]:
             failure.trap(txredisapi.ScriptDoesNotExist)
