@@ -12,6 +12,7 @@ calls, roughly as much again).
 
     python3 bench/hotpath.py                 # 20,000 requests x 5 repetitions
     python3 bench/hotpath.py --profile       # the same under cProfile, top functions
+    python3 bench/hotpath.py --cache         # cache hits (--miss: misses, each stored)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
+import itertools
 import pstats
 import sys
 import time
@@ -117,6 +119,19 @@ def run_proxied(protocol, connection, count: int) -> None:
         upstream_data(RESPONSE)
 
 
+def run_misses(protocol, connection, count: int) -> None:
+    client_data = protocol.dataReceived
+    upstream_data = connection.dataReceived
+    for _ in range(count):
+        client_data(MISS_REQUEST % next(_misses))
+        upstream_data(CACHEABLE_RESPONSE)
+
+
+# Each miss asks for a URL not asked for before.
+MISS_REQUEST = b"GET /1k?miss=%d HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+_misses = itertools.count()
+
+
 def run_hits(protocol, connection, count: int) -> None:
     client_data = protocol.dataReceived
     for _ in range(count):
@@ -132,9 +147,12 @@ def main() -> None:
     parser.add_argument(
         "--cache", action="store_true", help="a cache policy on the route: every request a hit"
     )
+    parser.add_argument(
+        "--miss", action="store_true", help="a cache policy on the route: every request a miss"
+    )
     args = parser.parse_args()
-    protocol, connection, client = setup(args.cache)
-    run = run_hits if args.cache else run_proxied
+    protocol, connection, client = setup(args.cache or args.miss)
+    run = run_misses if args.miss else run_hits if args.cache else run_proxied
     run(protocol, connection, 1000)  # warm up
     writes_before, written_before = client.writes, client.written
     run(protocol, connection, 1)

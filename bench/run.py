@@ -15,8 +15,9 @@ tcp: gatewaykit's tcp listener, HAProxy in TCP mode and no proxy, curl
 workers: gatewaykit with 1 and with 2 worker processes (--workers), wrk on
     /1k; neither is pinned (2 workers need both CPUs). Ratio to 1 worker.
 cache: cache hits against proxied requests, gatewaykit's `cache` policy and
-    nginx's proxy_cache, wrk on /1k and /1m (the upstream says max-age=3600).
-    Ratios to each proxy without its cache.
+    nginx's proxy_cache, wrk on /1k and /1m (the upstream says max-age=3600),
+    and on /1k with a new URL per request (every request a miss, stored).
+    Ratios to each proxy without its cache, and hits over misses.
 compress: gatewaykit's `compress` policy (gzip, br; with and without a
     cache in front) and nginx's `gzip on`, on text bodies, wrk sending
     Accept-Encoding: br, gzip. Ratios to each proxy uncompressed.
@@ -65,8 +66,12 @@ HOST = "127.0.0.1"
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 SIZES = {"1k": 1024, "1m": MIB}
-SIZE_LABELS = {"1k": "1 KiB", "1m": "1 MiB", "1k-1c": "1 KiB, 1 connection"}
-CONNECTIONS = {"1k": 50, "1m": 10, "1k-1c": 1}
+SIZE_LABELS = {"1k": "1 KiB", "1m": "1 MiB", "1k-1c": "1 KiB, 1 connection",
+               "1k-miss": "1 KiB, a new URL each"}
+CONNECTIONS = {"1k": 50, "1m": 10, "1k-1c": 1, "1k-miss": 50}
+# Loads whose every request asks for a URL not asked for before (a query
+# counting up): through a cache, each one is a miss.
+MISS_LOADS = frozenset({"1k-miss"})
 
 # The tcp scenario's downloads: (parallel downloads, file), and the sparse
 # files the upstream serves for them.
@@ -96,6 +101,15 @@ PORT_HEADER = "X-Upstream-Port"
 
 # wrk's done() hook: one machine-readable line, latencies in microseconds.
 # %.0f rather than %d: LuaJIT and Lua 5.3 disagree on %d with floats.
+# Makes each request's URL new: "/1k?miss=1", "/1k?miss=2", ...
+WRK_MISS_SCRIPT = """\
+local count = 0
+request = function()
+   count = count + 1
+   return wrk.format(nil, wrk.path .. "?miss=" .. count)
+end
+"""
+
 WRK_SCRIPT = """\
 done = function(summary, latency, requests)
    local e = summary.errors
@@ -826,12 +840,15 @@ class WrkBench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args = args
         self.script = tmp / "report.lua"
+        self.miss_script = tmp / "report-miss.lua"
         headers = SCENARIOS[args.scenario].request_headers
-        self.script.write_text("".join(
+        script = "".join(
             f'wrk.headers["{name}"] = "{value}"\n' for name, value in headers
-        ) + WRK_SCRIPT)
+        ) + WRK_SCRIPT
+        self.script.write_text(script)
+        self.miss_script.write_text(WRK_MISS_SCRIPT + script)
         self.durations = {"1k": args.duration_1k, "1m": args.duration_1m,
-                          "1k-1c": args.duration_1k}
+                          "1k-1c": args.duration_1k, "1k-miss": args.duration_1k}
 
     def check(self, target: str, port: int) -> None:
         """One real GET of each size through the target."""
@@ -842,8 +859,8 @@ class WrkBench:
         """Benchmark one target at one size and return the result."""
         url = f"http://{HOST}:{port}/{resource(size)}"
         duration = self.args.warmup if warmup else self.durations[size]
-        raw = run_wrk(url, CONNECTIONS[size], duration, self.args.client_cpu,
-                      self.script)
+        script = self.miss_script if size in MISS_LOADS else self.script
+        raw = run_wrk(url, CONNECTIONS[size], duration, self.args.client_cpu, script)
         return self.result(target, size, round_no, CONNECTIONS[size], raw)
 
     @staticmethod
@@ -866,7 +883,8 @@ class WrkBench:
         """What this load was, for the JSON file."""
         return {"connections": CONNECTIONS,
                 "durations": {"1k": args.duration_1k,
-                              "1m": args.duration_1m}}
+                              "1m": args.duration_1m},
+                "miss_loads": sorted(MISS_LOADS)}
 
 
 class TLSBench(WrkBench):
@@ -981,6 +999,9 @@ class Scenario:
     upstream_text: bool = False
     # Fields wrk sends with every request.
     request_headers: tuple[tuple[str, str], ...] = ()
+    # (load, baseline load) pairs: each target's requests/s in the one over
+    # its requests/s in the other (cache hits over cache misses).
+    load_ratios: tuple[tuple[str, str], ...] = ()
     # What --compare NAME=DIR adds: gatewaykit from DIR, as this scenario runs it.
     compared: Callable[[str, Path], Starter] | None = None
 
@@ -1026,8 +1047,9 @@ SCENARIOS = {
                      "gatewaykit-cache", {"cache": CACHE_POLICY}, ["cache"]),
                  "nginx": start_nginx_proxy,
                  "nginx-cache": NGINX_CACHE},
-        bench=WrkBench, loads=("1k", "1m", "1k-1c"),
+        bench=WrkBench, loads=("1k", "1m", "1k-1c", "1k-miss"),
         references=("gatewaykit", "nginx"),
+        load_ratios=(("1k", "1k-miss"),),
         tools=("nginx", "wrk", "taskset"),
         upstream_extra='\n        add_header Cache-Control "max-age=3600";',
         compared=cached_gatewaykit_from),
@@ -1108,6 +1130,24 @@ def markdown_table(rows: list[dict], scenario: Scenario) -> str:
                  *(cell(row) for _, cell in bench.columns), *ratios,
                  f"{spread:.0%}", str(row["errors"])]
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def load_ratio_table(rows: list[dict], scenario: Scenario) -> str:
+    """Each target's median in one load over its median in another (Markdown)."""
+    bench = scenario.bench
+    medians = {(row["target"], row["size"]): row[bench.metric] for row in rows}
+    lines = []
+    for load, baseline in scenario.load_ratios:
+        for target in dict.fromkeys(row["target"] for row in rows):
+            over, under = medians.get((target, load)), medians.get((target, baseline))
+            if over is None or not under:
+                continue
+            if not lines:
+                lines = ["| target | load | over load | ratio |",
+                         "| --- | --- | --- | ---: |"]
+            lines.append(f"| {target} | {bench.loads[load]} | "
+                         f"{bench.loads[baseline]} | {over / under:.2f} |")
     return "\n".join(lines)
 
 
@@ -1360,6 +1400,10 @@ def main(argv: list[str] | None = None) -> int:
     results = outcome
     rows = summarise(results, scenario, args.targets, args.sizes)
     print(markdown_table(rows, scenario))
+    ratios = load_ratio_table(rows, scenario)
+    if ratios:
+        print()
+        print(ratios)
     if args.json:
         save_json(args.json, {
             "environment": facts,
