@@ -33,6 +33,7 @@ from twisted.internet.address import IPv4Address  # noqa: E402
 from gatewaykit.admin.metrics import Metrics  # noqa: E402
 from gatewaykit.config.model import PolicyConfig  # noqa: E402
 from gatewaykit.policies.cache import CacheOptions  # noqa: E402
+from gatewaykit.runtime import tune_garbage_collection  # noqa: E402
 from gatewaykit.testing import (  # noqa: E402
     GatewayHarness,
     TCPStringTransport,
@@ -108,6 +109,7 @@ def setup(cache: bool = False) -> tuple:
     connection.transport = NullTransport()
     connection.dataReceived(CACHEABLE_RESPONSE if cache else RESPONSE)
     assert client.written > 1024, "no response"
+    tune_garbage_collection()  # as a serving gateway does
     return protocol, connection, client
 
 

@@ -721,6 +721,27 @@ class CollapsingTests(SynchronousTestCase):
         second.answer(200, MAX_AGE_60, b"second")
         self.assertEqual(second.response().body, b"second")
 
+    def test_timeout_counts_from_first_waiter(self) -> None:
+        """The 5 seconds start when the first request begins to wait, not with the miss."""
+        cache = CacheHarness()
+        cache.send()
+        cache.reactor.advance(4)
+        second = cache.send()
+        cache.reactor.advance(4)
+        self.assertFalse(second.went_upstream)
+        cache.reactor.advance(1.5)
+        self.assertTrue(second.went_upstream)
+
+    def test_lone_miss_sets_no_timer(self) -> None:
+        """A miss nobody waits for schedules no timeout (one timer fewer per miss)."""
+        cache = CacheHarness()
+        exchange = cache.send()
+        (collapse,) = cache.cache._collapses.values()
+        self.assertIsNone(collapse._timer)
+        exchange.answer(200, MAX_AGE_60, b"alone")
+        self.assertEqual(exchange.response().body, b"alone")
+        self.assertEqual(cache.cache._collapses, {})
+
     def test_other_variant_goes_upstream(self) -> None:
         """A waiter whose variant differs from what was stored goes upstream."""
         cache = CacheHarness()

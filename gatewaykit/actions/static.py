@@ -15,6 +15,7 @@ import stat
 import time
 from datetime import datetime, timezone
 from email.utils import formatdate
+from functools import lru_cache
 from typing import Any, Optional
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -108,6 +109,12 @@ def content_type(name: str) -> bytes:
     return kind.encode("ascii")
 
 
+# Distinct dates remembered: a Date changes once a second, a
+# Last-Modified once per resource version.
+REMEMBERED_DATES = 1024
+
+
+@lru_cache(maxsize=REMEMBERED_DATES)
 def parse_http_date(value: bytes) -> Optional[int]:
     """
     The POSIX time of an HTTP-date in any of the three formats RFC 9110

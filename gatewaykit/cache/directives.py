@@ -6,10 +6,11 @@ C{Pragma} (5.4), C{Vary} (RFC 9110 12.5.5) and delta-seconds.
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from functools import lru_cache
+from typing import Iterable, Mapping, Optional
 
-Directives = dict[str, Optional[str]]
-"""Directive name (lower case) to its argument (C{None} without one)."""
+Directives = Mapping[str, Optional[str]]
+"""Directive name (lower case) to its argument (C{None} without one); shared, never changed."""
 
 # One directive: a token, then optionally "=" and a token or a quoted string.
 _DIRECTIVE = re.compile(rb'([^=,\s]+)[ \t]*(?:=[ \t]*("(?:[^"\\]|\\.)*"|[^,]*))?')
@@ -19,12 +20,27 @@ _QUOTED_PAIR = re.compile(rb"\\(.)")
 MAX_DELTA = 2**31
 
 
-def parse_cache_control(values: Iterable[bytes]) -> Directives:
+# Distinct single Cache-Control values remembered: an upstream sends few.
+REMEMBERED_VALUES = 1024
+
+
+def parse_cache_control(values: list[bytes]) -> Directives:
     """
     The directives of the C{Cache-Control} field values C{values}. When a
     directive is repeated the first one counts (RFC 9111 4.2.1).
     """
-    directives: Directives = {}
+    if len(values) == 1:
+        return _parse_one(values[0])
+    return _parse(values)
+
+
+@lru_cache(maxsize=REMEMBERED_VALUES)
+def _parse_one(value: bytes) -> Directives:
+    return _parse((value,))
+
+
+def _parse(values: Iterable[bytes]) -> Directives:
+    directives: dict[str, Optional[str]] = {}
     for value in values:
         for match in _DIRECTIVE.finditer(value):
             name = match.group(1).lower().decode("latin-1")

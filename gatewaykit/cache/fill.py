@@ -38,8 +38,9 @@ _OURS = frozenset({b"x-cache", b"x-cache-node"})
 class Collapse:
     """
     The requests waiting for one response to the same key. They are told
-    the outcome once it is known, or after C{timeout} seconds (C{None}: go
-    upstream), as nginx's C{proxy_cache_lock_timeout}.
+    the outcome once it is known, or C{timeout} seconds after the first
+    began to wait (C{None}: go upstream), as nginx's
+    C{proxy_cache_lock_timeout}.
     """
 
     def __init__(
@@ -49,7 +50,10 @@ class Collapse:
         self.settled = False
         self._waiters: list[Deferred[Outcome]] = []
         self._forget = forget
-        self._timer = clock.callLater(timeout, self.settle, None)
+        self._clock = clock
+        self._timeout = timeout
+        # Started by the first waiter: most misses have none to time out.
+        self._timer: Any = None
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -58,6 +62,8 @@ class Collapse:
         """Fires with the outcome."""
         waiter: Deferred[Outcome] = Deferred()
         self._waiters.append(waiter)
+        if self._timer is None:
+            self._timer = self._clock.callLater(self._timeout, self.settle, None)
         return waiter
 
     def settle(self, outcome: Outcome) -> None:
@@ -65,8 +71,9 @@ class Collapse:
         if self.settled:
             return
         self.settled = True
-        if self._timer.active():
-            self._timer.cancel()
+        timer = self._timer
+        if timer is not None and timer.active():
+            timer.cancel()
         self._forget(self)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
