@@ -12,7 +12,7 @@ from gatewaykit.http.forwarding import (
     new_traceparent,
 )
 from gatewaykit.http.message import Headers, Request
-from gatewaykit.http.wire import hop_by_hop_fields
+from gatewaykit.http.wire import hop_by_hop_fields, serialize_fields
 
 VALID = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -117,3 +117,19 @@ class DownstreamFieldTests(SynchronousTestCase):
             self.assertNotIn(dropped, names)
         self.assertIn((b"Via", b"1.1 n"), fields)
         self.assertIn((b"X-Request-ID", b"rid"), fields)
+
+
+class SerializeFieldsTests(SynchronousTestCase):
+    """Header fields on the wire."""
+
+    def test_lines(self):
+        """Each field is a Name: value line, in order, repeated names kept."""
+        fields = [(b"Set-Cookie", b"a=1"), (b"X-Empty", b""), (b"Set-Cookie", b"b=2")]
+        self.assertEqual(
+            serialize_fields(fields), b"Set-Cookie: a=1\r\nX-Empty: \r\nSet-Cookie: b=2\r\n"
+        )
+
+    def test_none(self):
+        """No fields, no bytes (not an empty line, which would end the head)."""
+        self.assertEqual(serialize_fields([]), b"")
+        self.assertEqual(serialize_fields(iter(())), b"")

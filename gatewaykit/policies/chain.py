@@ -234,7 +234,9 @@ class PolicyChain:
                 continue
             if result is LATER:
                 return
-            if isinstance(result, Deferred):
+            # Deferred is an ABC (Awaitable): its isinstance is the slow
+            # kind, so an answer written by itself (a cache hit) is told first.
+            if not hasattr(result, "write_to") and isinstance(result, Deferred):
                 result.addCallbacks(
                     self._resumed,
                     self._crashed,
