@@ -82,7 +82,9 @@ class NullTransport(TCPStringTransport):
 
 
 def setup(cache: bool = False) -> tuple:
-    policies = [PolicyConfig("cache", "cache", CacheOptions())] if cache else []
+    # As run.py's cache scenario configures it (64 MiB: misses evict).
+    options = CacheOptions(max_bytes=64 * 1024 * 1024)
+    policies = [PolicyConfig("cache", "cache", options)] if cache else []
     config = make_config(
         routes=[
             route(
@@ -147,6 +149,11 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile one repetition")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument(
+        "--warmup",
+        type=int,
+        help="requests before measuring (default: 1,000; with --miss 60,000, which fill the cache)",
+    )
+    parser.add_argument(
         "--cache", action="store_true", help="a cache policy on the route: every request a hit"
     )
     parser.add_argument(
@@ -155,7 +162,10 @@ def main() -> None:
     args = parser.parse_args()
     protocol, connection, client = setup(args.cache or args.miss)
     run = run_misses if args.miss else run_hits if args.cache else run_proxied
-    run(protocol, connection, 1000)  # warm up
+    if args.warmup is None:
+        # Misses until the cache is full, so that each one evicts.
+        args.warmup = 60000 if args.miss else 1000
+    run(protocol, connection, args.warmup)
     writes_before, written_before = client.writes, client.written
     run(protocol, connection, 1)
     per_request = (client.writes - writes_before, client.written - written_before)
