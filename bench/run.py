@@ -99,8 +99,6 @@ TLS_NAME = "bench.test"
 # the balancing scenario can show which port answered.
 PORT_HEADER = "X-Upstream-Port"
 
-# wrk's done() hook: one machine-readable line, latencies in microseconds.
-# %.0f rather than %d: LuaJIT and Lua 5.3 disagree on %d with floats.
 # Makes each request's URL new: "/1k?miss=1", "/1k?miss=2", ...
 WRK_MISS_SCRIPT = """\
 local count = 0
@@ -110,6 +108,8 @@ request = function()
 end
 """
 
+# wrk's done() hook: one machine-readable line, latencies in microseconds.
+# %.0f rather than %d: LuaJIT and Lua 5.3 disagree on %d with floats.
 WRK_SCRIPT = """\
 done = function(summary, latency, requests)
    local e = summary.errors
@@ -1133,21 +1133,32 @@ def markdown_table(rows: list[dict], scenario: Scenario) -> str:
     return "\n".join(lines)
 
 
-def load_ratio_table(rows: list[dict], scenario: Scenario) -> str:
-    """Each target's median in one load over its median in another (Markdown)."""
+def load_ratio_table(results: list, rows: list[dict], scenario: Scenario) -> str:
+    """
+    Each target's median in one load over its median in another, and the
+    same ratio in each round (Markdown).
+    """
     bench = scenario.bench
-    medians = {(row["target"], row["size"]): row[bench.metric] for row in rows}
+    metric = bench.metric
+    medians = {(row["target"], row["size"]): row[metric] for row in rows}
+    measured = {(r.target, r.size, r.round): getattr(r, metric) for r in results}
+    rounds = sorted({r.round for r in results})
     lines = []
     for load, baseline in scenario.load_ratios:
         for target in dict.fromkeys(row["target"] for row in rows):
             over, under = medians.get((target, load)), medians.get((target, baseline))
             if over is None or not under:
                 continue
+            per_round = [measured[target, load, n] / measured[target, baseline, n]
+                         for n in rounds
+                         if measured.get((target, baseline, n))
+                         and (target, load, n) in measured]
             if not lines:
-                lines = ["| target | load | over load | ratio |",
-                         "| --- | --- | --- | ---: |"]
+                lines = ["| target | load | over load | ratio (median) | per round |",
+                         "| --- | --- | --- | ---: | --- |"]
             lines.append(f"| {target} | {bench.loads[load]} | "
-                         f"{bench.loads[baseline]} | {over / under:.2f} |")
+                         f"{bench.loads[baseline]} | {over / under:.2f} | "
+                         + ", ".join(f"{ratio:.2f}" for ratio in per_round) + " |")
     return "\n".join(lines)
 
 
@@ -1400,7 +1411,7 @@ def main(argv: list[str] | None = None) -> int:
     results = outcome
     rows = summarise(results, scenario, args.targets, args.sizes)
     print(markdown_table(rows, scenario))
-    ratios = load_ratio_table(rows, scenario)
+    ratios = load_ratio_table(results, rows, scenario)
     if ratios:
         print()
         print(ratios)
